@@ -1,0 +1,23 @@
+"""flowlib: the normalizing-flow library of the Flows course.
+
+Direction follows the lectures: ``forward`` is generative (z -> x), ``inverse`` normalizing
+(x -> z); both return ``(value, log|det J|)`` with one log-determinant per sample.
+"""
+
+from . import data, metrics, testing, train, viz
+from .bijection import Bijection, Compose, Inverse, check_input
+from .distributions import BaseDistribution, DiagonalGaussian, Flow, StandardLogistic, StandardNormal
+from .elementwise import ElementwiseAffine, Exp, LeakyReLU, Sigmoid, SinhArcsinh, Tanh
+from .linear import Linear, Permutation
+from .train import budget, device, fit, seed
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bijection", "Compose", "Inverse", "check_input",
+    "BaseDistribution", "StandardNormal", "DiagonalGaussian", "StandardLogistic", "Flow",
+    "ElementwiseAffine", "Exp", "Sigmoid", "Tanh", "LeakyReLU", "SinhArcsinh",
+    "Linear", "Permutation",
+    "device", "budget", "seed", "fit",
+    "data", "metrics", "testing", "train", "viz",
+]

@@ -1,0 +1,197 @@
+"""Training: the device, a device-dependent budget, one seed for everything, and ``fit``."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["device", "budget", "seed", "fit", "History"]
+
+T = TypeVar("T")
+
+
+def device() -> torch.device:
+    """CUDA when present, else the CPU. ``FLOWLIB_DEVICE=cpu`` (or ``cuda:1``...) overrides."""
+    forced = os.environ.get("FLOWLIB_DEVICE")
+    if forced:
+        return torch.device(forced)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def budget(cpu: T, gpu: T) -> T:
+    """Pick a budget (steps, sizes, ...) by device: ``gpu`` on CUDA, else ``cpu``.
+
+    The book calls e.g. ``steps = budget(cpu=2000, gpu=20000)`` so that the same cell runs in CI on
+    two CPU cores and gives better figures on a GPU.
+    """
+    return gpu if device().type == "cuda" else cpu
+
+
+def seed(s: int = 0) -> None:
+    """Seed Python's ``random``, NumPy and torch (CPU and every CUDA device) at once."""
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(s)
+
+
+@dataclass
+class History:
+    """What ``fit`` returns: the training loss per step (it behaves as that list), the validation
+    loss at each evaluation, the device and the wall time."""
+
+    loss: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    device: str = "cpu"
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.loss)
+
+    def __getitem__(self, i):
+        return self.loss[i]
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.loss)
+
+    @property
+    def ms_per_step(self) -> float:
+        return 1000 * self.seconds / max(len(self.loss), 1)
+
+    def __repr__(self) -> str:
+        last = f"{self.loss[-1]:.4f}" if self.loss else "n/a"
+        return (f"History(steps={len(self.loss)}, last_loss={last}, device={self.device!r}, "
+                f"seconds={self.seconds:.1f})")
+
+
+def _progress_enabled(progress: bool | None) -> bool:
+    if progress is not None:
+        return progress
+    return os.environ.get("FLOWLIB_PROGRESS", "1") not in ("0", "false", "no")
+
+
+def _batches(data: Any, batch_size: int, dev: torch.device,
+             generator: torch.Generator | None) -> Callable[[], Tensor]:
+    """A function returning the next training batch, on ``dev``."""
+    if isinstance(data, Tensor):
+        if data.dim() < 2 or len(data) == 0:
+            raise ValueError(f"fit: data must be a non-empty batch [N, ...], got {tuple(data.shape)}")
+        if not torch.isfinite(data).all():
+            raise ValueError("fit: the training data hold NaN or inf values")
+        data = data.to(dev)
+        n = len(data)
+        state = {"perm": None, "pos": n}
+
+        def next_batch() -> Tensor:
+            # Epochs of a random permutation: each sample is seen once per pass.
+            if state["pos"] + batch_size > n:
+                state["perm"] = torch.randperm(n, generator=generator).to(dev)
+                state["pos"] = 0
+            idx = state["perm"][state["pos"]: state["pos"] + batch_size]
+            state["pos"] += batch_size
+            return data[idx]
+
+        return next_batch
+    if hasattr(data, "sample"):  # a density: fresh samples every step (infinite data)
+        return lambda: data.sample(batch_size, generator=generator).to(dev)
+    if callable(data):
+        return lambda: data(batch_size).to(dev)
+    raise TypeError("fit: data must be a tensor of samples, an object with .sample(n), or a "
+                    f"callable batch_size -> tensor; got {type(data).__name__}")
+
+
+def fit(flow: nn.Module, data: Any, steps: int = 1000, batch_size: int = 256, lr: float = 1e-3,
+        *, val_data: Tensor | None = None, eval_every: int | None = None,
+        transform: Callable[[Tensor], Tensor] | None = None, weight_decay: float = 0.0,
+        clip: float | None = 10.0, schedule: str = "cosine", dev: torch.device | None = None,
+        generator: torch.Generator | None = None, progress: bool | None = None) -> History:
+    r"""Fit ``flow`` by maximum likelihood: minimise :math:`-\frac1B\sum_b \log q(x_b)` with Adam.
+
+    Args:
+        flow: a module whose ``log_prob(x)`` returns ``[batch]`` log-densities.
+        data: a tensor of samples ``[N, ...]``, a density with ``.sample(n)`` (fresh samples each
+            step), or a callable ``batch_size -> tensor``.
+        steps, batch_size, lr: the budget and Adam's learning rate.
+        val_data: optional held-out samples; their mean NLL is recorded every ``eval_every`` steps.
+        transform: applied to each batch (e.g. fresh dequantization noise).
+        clip: gradient-norm clipping (``None`` for none).
+        schedule: ``"cosine"`` (decay to 0 over ``steps``) or ``"constant"``.
+        dev: where to train; ``flowlib.device()`` by default. The flow is moved there.
+        progress: show a progress bar (default: unless ``FLOWLIB_PROGRESS=0``).
+
+    Returns:
+        a :class:`History` (a list of per-step losses, plus validation losses and timing).
+
+    A step whose loss is not finite raises ``FloatingPointError`` *before* the update, so the flow
+    keeps its last good parameters.
+    """
+    from tqdm.auto import tqdm
+
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"fit: steps and batch_size must be positive, got {steps}, {batch_size}")
+    dev = torch.device(dev) if dev is not None else device()
+    flow.to(dev)
+    params = [p for p in flow.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("fit: the flow has no trainable parameters")
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    elif schedule == "constant":
+        sched = None
+    else:
+        raise ValueError(f"fit: schedule must be 'cosine' or 'constant', got {schedule!r}")
+    next_batch = _batches(data, batch_size, dev, generator)
+    if val_data is not None:
+        val_data = val_data.to(dev)
+        eval_every = eval_every or max(steps // 20, 1)
+
+    hist = History(device=str(dev))
+    bar = tqdm(range(steps), disable=not _progress_enabled(progress), file=sys.stderr,
+               desc=f"fit on {dev.type}", mininterval=0.5, leave=False)
+    start = time.perf_counter()
+    flow.train()
+    for step in bar:
+        x = next_batch()
+        if transform is not None:
+            x = transform(x)
+        loss = -flow.log_prob(x).mean()
+        value = loss.item()
+        if not math.isfinite(value):
+            bar.close()
+            raise FloatingPointError(
+                f"fit: the loss is {value} at step {step} (last finite loss "
+                f"{hist.loss[-1] if hist.loss else 'none'}); parameters kept from step {step - 1}. "
+                "Try a lower learning rate or gradient clipping.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        if sched is not None:
+            sched.step()
+        hist.loss.append(value)
+        if val_data is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            from .metrics import nll
+            hist.val_steps.append(step + 1)
+            hist.val_loss.append(nll(flow, val_data if transform is None else transform(val_data)))
+            flow.train()
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{value:.3f}")
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    hist.seconds = time.perf_counter() - start
+    bar.close()
+    flow.eval()
+    return hist
