@@ -42,7 +42,7 @@ book: $(STAMP)
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadfile --nbval-lax tests book solutions
 
 grade: $(STAMP)
 	$(PY) tools/grade.py all
