@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["device", "budget", "seed", "fit", "History"]
+__all__ = ["device", "budget", "seed", "fit", "History", "init_distributed"]
 
 T = TypeVar("T")
 
@@ -75,6 +75,33 @@ class History:
                 f"seconds={self.seconds:.1f})")
 
 
+def init_distributed() -> tuple[int, int]:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    Returns ``(rank, world_size)``; ``(0, 1)`` when not launched by ``torchrun``. NCCL is used when
+    every process has a GPU, gloo otherwise (CPUs). Each rank uses GPU ``LOCAL_RANK``.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _distributed() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def _progress_enabled(progress: bool | None) -> bool:
     if progress is not None:
         return progress
@@ -83,7 +110,7 @@ def _progress_enabled(progress: bool | None) -> bool:
 
 def _batches(data: Any, batch_size: int, dev: torch.device,
              generator: torch.Generator | None) -> Callable[[], Tensor]:
-    """A function returning the next training batch, on ``dev``."""
+    """A function returning the next *global* training batch, on ``dev``."""
     if isinstance(data, Tensor):
         if data.dim() < 2 or len(data) == 0:
             raise ValueError(f"fit: data must be a non-empty batch [N, ...], got {tuple(data.shape)}")
@@ -111,6 +138,16 @@ def _batches(data: Any, batch_size: int, dev: torch.device,
                     f"callable batch_size -> tensor; got {type(data).__name__}")
 
 
+def _global_mean(v: Tensor, world: int) -> float:
+    if world > 1:
+        import torch.distributed as dist
+
+        v = v.clone()
+        dist.all_reduce(v)
+        v = v / world
+    return v.item()
+
+
 def fit(flow: nn.Module, data: Any, steps: int = 1000, batch_size: int = 256, lr: float = 1e-3,
         *, val_data: Tensor | None = None, eval_every: int | None = None,
         transform: Callable[[Tensor], Tensor] | None = None, weight_decay: float = 0.0,
@@ -129,6 +166,11 @@ def fit(flow: nn.Module, data: Any, steps: int = 1000, batch_size: int = 256, lr
         schedule: ``"cosine"`` (decay to 0 over ``steps``) or ``"constant"``.
         dev: where to train; ``flowlib.device()`` by default. The flow is moved there.
         progress: show a progress bar (default: unless ``FLOWLIB_PROGRESS=0``).
+
+    Under ``torchrun`` (after :func:`init_distributed`), ``batch_size`` is the global batch: each of
+    the ``W`` processes takes ``batch_size / W`` samples and DistributedDataParallel averages the
+    gradients, so the parameters follow the same path as one process with the whole batch.
+    Under DDP ``flow(x)`` must return the log-density (as :class:`~flowlib.Flow` does).
 
     Returns:
         a :class:`History` (a list of per-step losses, plus validation losses and timing).
@@ -152,13 +194,29 @@ def fit(flow: nn.Module, data: Any, steps: int = 1000, batch_size: int = 256, lr
         sched = None
     else:
         raise ValueError(f"fit: schedule must be 'cosine' or 'constant', got {schedule!r}")
-    next_batch = _batches(data, batch_size, dev, generator)
+    rank, world = _distributed()
+    if batch_size % world:
+        raise ValueError(f"fit: batch_size {batch_size} must be divisible by the {world} processes")
+    model: nn.Module = flow
+    if world > 1:
+        # Every rank draws the same global batch (same seed) and keeps its own slice; DDP averages
+        # the gradients, so the update equals a one-process step on the whole batch.
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(flow, device_ids=[dev.index] if dev.type == "cuda" else None)
+    next_global = _batches(data, batch_size, dev, generator)
+    local = batch_size // world
+
+    def next_batch() -> Tensor:
+        xb = next_global()
+        return xb[rank * local:(rank + 1) * local] if world > 1 else xb
+
     if val_data is not None:
         val_data = val_data.to(dev)
         eval_every = eval_every or max(steps // 20, 1)
 
     hist = History(device=str(dev))
-    bar = tqdm(range(steps), disable=not _progress_enabled(progress), file=sys.stderr,
+    bar = tqdm(range(steps), disable=rank != 0 or not _progress_enabled(progress), file=sys.stderr,
                desc=f"fit on {dev.type}", mininterval=0.5, leave=False)
     start = time.perf_counter()
     flow.train()
@@ -166,8 +224,9 @@ def fit(flow: nn.Module, data: Any, steps: int = 1000, batch_size: int = 256, lr
         x = next_batch()
         if transform is not None:
             x = transform(x)
-        loss = -flow.log_prob(x).mean()
-        value = loss.item()
+        # Under DDP the module must be *called* (its hooks sync gradients): Flow.forward is log_prob.
+        loss = -(model(x) if world > 1 else flow.log_prob(x)).mean()
+        value = _global_mean(loss.detach(), world)
         if not math.isfinite(value):
             bar.close()
             raise FloatingPointError(
