@@ -33,8 +33,8 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
-	$(PY) -m ipykernel install --prefix $(CURDIR)/$(VENV) --name python3 --display-name "Python 3 (flows)" >/dev/null
 	mkdir -p $(MPLCONFIGDIR) $(IPYTHONDIR) $(JUPYTER_CONFIG_DIR) $(JUPYTER_DATA_DIR) $(JUPYTER_RUNTIME_DIR)
+	$(PY) -m ipykernel install --prefix $(CURDIR)/$(VENV) --name python3 --display-name "Python 3 (flows)" >/dev/null
 	touch $(STAMP)
 
 book: $(STAMP)
