@@ -19,13 +19,14 @@ export JUPYTER_PLATFORM_DIRS := 1
 export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help venv book test test-fast grade lab bench exercises clean
+.PHONY: help venv book test grade lab bench exercises clean
 
 help:
 	@echo "make book   build the course book (executes every chapter)"
 	@echo "make test   run the whole test suite (what CI runs)"
 	@echo "make grade  instructor: generate exercises, autograde grading/submitted, feedback, grades.csv"
 	@echo "make lab    JupyterLab on the course"
+	@echo "make bench  benchmarks against zuko, nflows and normflows (bench/results/)"
 
 venv: $(STAMP)
 
@@ -49,6 +50,18 @@ grade: $(STAMP)
 
 exercises: $(STAMP)
 	$(PY) tools/grade.py generate
+
+BENCH_STAMP := bench/.venv/.installed
+$(BENCH_STAMP): bench/requirements.txt pyproject.toml
+	test -x bench/.venv/bin/python || $(PY_SYS) -m venv bench/.venv
+	bench/.venv/bin/python -m pip install -q -r bench/requirements.txt
+	bench/.venv/bin/python -m pip install -q --no-deps -e .
+	touch $(BENCH_STAMP)
+
+# Peers live in their own environment (bench/requirements.txt), never in the course's.
+bench: $(BENCH_STAMP)
+	bench/.venv/bin/python bench/run.py
+	@echo "Results: $(CURDIR)/bench/results/"
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=$(CURDIR)
