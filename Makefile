@@ -18,13 +18,17 @@ export JUPYTER_RUNTIME_DIR := $(CACHE)/jupyter/runtime
 export JUPYTER_PLATFORM_DIRS := 1
 export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# One math thread per process: the tests run two notebooks at once on two cores, and the course's
+# small networks lose far more to oversubscribed OpenMP threads than they gain from a second one.
+export OMP_NUM_THREADS ?= 1
 
-.PHONY: help venv book test grade lab bench exercises clean
+.PHONY: help venv book test grade bench-grading lab bench exercises clean
 
 help:
 	@echo "make book   build the course book (executes every chapter)"
 	@echo "make test   run the whole test suite (what CI runs)"
-	@echo "make grade  instructor: generate exercises, autograde grading/submitted, feedback, grades.csv"
+	@echo "make grade  instructor: generate exercises, autograde grading/submitted (sandboxed, in parallel), feedback, grades.csv, reports"
+	@echo "make bench-grading  grade a synthetic class of 200 with 1 and N workers (bench/results/grading.json)"
 	@echo "make lab    JupyterLab on the course"
 	@echo "make bench  benchmarks against zuko, nflows and normflows (bench/results/)"
 
@@ -46,7 +50,10 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile --nbval-lax tests book solutions
 
 grade: $(STAMP)
-	$(PY) tools/grade.py all
+	$(PY) tools/grade.py all $(ARGS)
+
+bench-grading: $(STAMP)
+	$(PY) bench/grading_class.py $(ARGS)
 
 exercises: $(STAMP)
 	$(PY) tools/grade.py generate
