@@ -16,7 +16,6 @@ export JUPYTER_CONFIG_DIR := $(CACHE)/jupyter/config
 export JUPYTER_DATA_DIR := $(CACHE)/jupyter/data
 export JUPYTER_RUNTIME_DIR := $(CACHE)/jupyter/runtime
 export JUPYTER_PLATFORM_DIRS := 1
-export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # One math thread per process: the tests run two notebooks at once on two cores, and the course's
 # small networks lose far more to oversubscribed OpenMP threads than they gain from a second one.

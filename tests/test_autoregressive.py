@@ -1,0 +1,234 @@
+"""MADE's connectivity, the MAF/IAF layer (triangular Jacobians, costs, IAF = MAF.inv), the
+maf/iaf factories, and a short training run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import flowlib
+from flowlib import Inverse, Permutation
+from flowlib.autoregressive import MADE, MaskedAutoregressive, made_order
+from flowlib.models import iaf, maf
+from flowlib.testing import check_bijection, jacobian, perturb
+
+D = 5
+
+
+def _randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _made_jacobian(made: MADE, x: torch.Tensor) -> torch.Tensor:
+    """[B, outputs, D_out, D_in] autograd Jacobian of MADE's outputs w.r.t. its inputs."""
+    out = []
+    for row in x:
+        J = torch.autograd.functional.jacobian(
+            lambda v: made(v[None]).reshape(made.outputs, made.features), row)
+        out.append(J)
+    return torch.stack(out)
+
+
+ORDERS = ["natural", "reversed", "random", [2, 0, 4, 1, 3]]
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=["natural", "reversed", "random", "explicit"])
+@pytest.mark.parametrize("hidden", [(), (16,), (16, 16), (12, 7, 9)])
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_made_is_autoregressive(order, hidden, outputs):
+    # tanh rather than ReLU: no dead units, so "allowed => non-zero" holds at every point.
+    made = perturb(MADE(D, hidden, outputs=outputs, order=order, activation="tanh",
+                        generator=torch.Generator().manual_seed(3))).double()
+    pos = made.order
+    J = _made_jacobian(made, _randn(8, D)).abs().sum(0)             # [outputs, D, D]
+    forbidden = pos[None, :] >= pos[:, None]                          # (i, j): order[j] >= order[i]
+    assert (J[:, forbidden] == 0).all(), "an output depends on an input that does not precede it"
+    if not hidden or min(hidden) >= D - 1:
+        # With enough hidden units every allowed connection exists (not trivially zero).
+        assert (J[:, ~forbidden] > 0).all(), "an allowed dependency is missing"
+        assert ((made.connectivity() > 0) == ~forbidden.repeat(outputs, 1)).all()
+    else:
+        assert J[:, ~forbidden].sum() > 0
+
+
+def test_made_random_hidden_degrees_and_masks():
+    g = torch.Generator().manual_seed(0)
+    made = MADE(6, (20, 20), order="random", hidden_degrees="random", generator=g)
+    pos = made.order
+    conn = made.connectivity().bool()
+    assert not (conn & (pos[None, :] >= pos[:, None])).any()
+    masks = made.masks
+    assert [tuple(m.shape) for m in masks] == [(20, 6), (20, 20), (6, 20)]
+    assert all(set(m.unique().tolist()) <= {0.0, 1.0} for m in masks)
+
+
+def test_made_context_is_unmasked():
+    made = perturb(MADE(3, (8, 8), outputs=2, context_features=2)).double()
+    x, c = _randn(4, 3), _randn(4, 2, seed=1)
+    J = torch.autograd.functional.jacobian(lambda cc: made(x, cc).sum(0), c)  # [2, 3, 4, 2]
+    assert (J.abs().sum((-1, -2)) > 0).all(), "every output, the first included, sees the context"
+    with pytest.raises(ValueError, match="context"):
+        made(x)
+    with pytest.raises(ValueError, match="context"):
+        MADE(3, (8,))(x.float(), c.float())
+
+
+def test_made_one_feature_and_errors():
+    made = perturb(MADE(1, (4,), outputs=2)).double()
+    x = _randn(5, 1)
+    out = made(x)
+    assert out.shape == (5, 2, 1)
+    assert torch.allclose(out, out[:1].expand_as(out)), "with D=1 the output sees no input"
+    with pytest.raises(ValueError, match="expected input"):
+        MADE(3)(torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="permutation"):
+        made_order(3, [0, 0, 1])
+    with pytest.raises(ValueError, match="order"):
+        made_order(3, "sideways")
+    with pytest.raises(ValueError, match="activation"):
+        MADE(3, activation="swish2")
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=["natural", "reversed", "random", "explicit"])
+def test_maf_layer_jacobian_is_triangular_in_its_order(order):
+    layer = perturb(MaskedAutoregressive(D, (16, 16), order=order,
+                                         generator=torch.Generator().manual_seed(3))).double()
+    check_bijection(layer, _randn(6, D))
+    check_bijection(layer.inv, _randn(6, D))
+    pos = layer.order
+    x = _randn(4, D, seed=2)
+    above = pos[None, :] > pos[:, None]                    # (i, j): j comes after i
+    for direction in ("inverse", "forward"):
+        J = jacobian(layer, x, direction=direction)
+        assert (J[:, above] == 0).all(), f"{direction}: not triangular in the layer's order"
+        assert (J[:, ~above & (pos[None, :] != pos[:, None])].abs().sum() > 0)
+    # Sorting rows and columns by the order gives a lower-triangular matrix whose diagonal is
+    # exp(-alpha): the log-det is -sum(alpha) with one pass.
+    J = jacobian(layer, x, direction="inverse")
+    perm = torch.argsort(pos)
+    Js = J[:, perm][:, :, perm]
+    assert torch.equal(Js, Js.tril())
+    _, alpha = layer._params(x, None)
+    assert torch.allclose(torch.diagonal(Js, dim1=1, dim2=2), torch.exp(-alpha)[:, perm])
+    assert torch.allclose(layer.inverse(x)[1], -alpha.sum(1))
+
+
+def test_maf_layer_with_context():
+    layer = perturb(MaskedAutoregressive(3, (8,), context_features=2)).double()
+    z, c = _randn(5, 3), _randn(5, 2, seed=1)
+    check_bijection(layer, z, c)
+    check_bijection(layer.inv, z, c)
+    assert not torch.allclose(layer(z, c)[0], layer(z, c + 1)[0])
+
+
+def test_log_scale_is_soft_clamped():
+    layer = MaskedAutoregressive(4, (8,), max_log_scale=2.0)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 50.0)
+    x = torch.randn(64, 4) * 10
+    _, alpha = layer._params(x, None)
+    assert alpha.abs().max() <= 2.0
+    z, ladj = layer.inverse(x)
+    assert torch.isfinite(z).all() and (ladj.abs() <= 4 * 2.0 + 1e-5).all()
+    with pytest.raises(ValueError, match="max_log_scale"):
+        MaskedAutoregressive(4, max_log_scale=0)
+    with pytest.raises(ValueError, match="expected shape"):
+        layer.inverse(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="non-finite"):
+        maf(4, layers=2, hidden=(8,)).log_prob(torch.full((3, 4), float("nan")))
+
+
+def test_identity_init():
+    layer = MaskedAutoregressive(4)
+    z = torch.randn(7, 4)
+    x, ladj = layer(z)
+    assert torch.equal(x, z) and torch.equal(ladj, torch.zeros(7))
+
+
+def _count_made_calls(flow) -> list[int]:
+    calls = [0]
+    for m in flow.modules():
+        if isinstance(m, MADE):
+            m.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("dim,layers", [(2, 3), (6, 2)])
+def test_costs_maf_and_iaf(dim, layers):
+    """MAF: log_prob = 1 MADE pass per layer, sample = D passes per layer. IAF: the reverse,
+    and its sample_and_log_prob needs only the parallel passes."""
+    flowlib.seed(0)
+    m, i = maf(dim, layers, (8,)), iaf(dim, layers, (8,))
+    for f in (m, i):
+        perturb(f, 0.2)
+    x = torch.randn(16, dim)
+    for flow, cheap, dear in ((m, "log_prob", "sample"), (i, "sample", "log_prob")):
+        calls = _count_made_calls(flow)
+        with torch.no_grad():
+            flow.log_prob(x)
+            n_log_prob = calls[0]
+            calls[0] = 0
+            flow.sample(16)
+            n_sample = calls[0]
+        expected = {cheap: layers, dear: layers * dim}
+        assert n_log_prob == expected["log_prob"] and n_sample == expected["sample"]
+
+    calls = _count_made_calls(i)
+    with torch.no_grad():
+        xs, lp = i.sample_and_log_prob(32)
+    assert calls[0] == layers, "IAF's density of its own samples must come from the parallel pass"
+    with torch.no_grad():
+        lp_check = i.log_prob(xs)                       # the expensive, sequential way
+    assert torch.allclose(lp, lp_check, atol=1e-4, rtol=1e-4)
+
+
+def test_iaf_is_maf_inverted_not_a_copy():
+    m, i = maf(3, 2, (8,)), iaf(3, 2, (8,))
+    assert isinstance(i.bijection[0], Inverse)
+    assert isinstance(i.bijection[0].base, MaskedAutoregressive)
+    assert isinstance(i.bijection[1], Permutation)
+    assert sum(p.numel() for p in i.parameters()) == sum(p.numel() for p in m.parameters())
+    layer = perturb(MaskedAutoregressive(3, (8,))).double()
+    z = _randn(4, 3)
+    x_iaf, l_iaf = layer.inv(z)                       # IAF forward = MAF inverse
+    z_maf, l_maf = layer.inverse(z)
+    assert torch.equal(x_iaf, z_maf) and torch.equal(l_iaf, l_maf)
+    assert layer.inv.inv is layer
+
+
+def test_factories_shapes_and_options():
+    for fac in (maf, iaf):
+        f = fac(4, layers=3, hidden=(8,), permutation="random")
+        perms = [b for b in f.bijection if isinstance(b, Permutation)]
+        assert len(perms) == 2
+        assert f.log_prob(torch.randn(5, 4)).shape == (5,)
+        assert f.sample(3).shape == (3, 4)
+        f = fac(3, layers=2, hidden=(8,), context=2)
+        c = torch.randn(6, 2)
+        assert f.log_prob(torch.randn(6, 3), c).shape == (6,)
+        assert f.sample(6, context=c).shape == (6, 3)
+        with pytest.raises(ValueError, match="permutation"):
+            fac(3, permutation="spiral")
+    assert len(maf(1, layers=3).bijection) == 3               # no permutations in 1-D
+
+
+@pytest.fixture
+def one_thread():
+    # Small MLPs gain nothing from a second thread, and two pytest workers with two threads
+    # each on two cores make OpenMP spin: a step then takes 20x longer.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_maf_learns_eight_gaussians(one_thread):
+    flowlib.seed(0)
+    density = flowlib.data.toy("eight_gaussians")
+    flow = maf(2, layers=3, hidden=(32, 32))
+    before = flowlib.metrics.kl_to_truth(flow, density, n=5000).value     # about 2.2 nats
+    flowlib.fit(flow, density, steps=300, batch_size=256, lr=3e-3, progress=False,
+                dev=torch.device("cpu"))
+    kl = flowlib.metrics.kl_to_truth(flow, density, n=5000)
+    assert kl.value < min(1.4, before - 0.8), f"KL to the truth {kl} after 300 steps ({before})"
