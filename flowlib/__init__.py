@@ -10,6 +10,16 @@ from .distributions import BaseDistribution, DiagonalGaussian, Flow, StandardLog
 from .elementwise import ElementwiseAffine, Exp, LeakyReLU, Sigmoid, SinhArcsinh, Tanh
 from .linear import Linear, Permutation
 from .train import budget, device, fit, seed
+from .autoregressive import MADE, MaskedAutoregressive
+from .coupling import (AdditiveCoupling, AffineCoupling, Rescale, alternating_mask, channel_mask,
+                       checkerboard_mask, half_mask)
+from .normalization import BatchNormFlow
+from .preprocess import LogitPreprocess
+from .reshape import FactorOut, Squeeze
+from . import autoregressive, binary, models
+from . import coupling, normalization, preprocess, reshape
+from . import distill
+from .distill import kl_estimate
 
 __version__ = "0.1.0"
 
@@ -20,4 +30,9 @@ __all__ = [
     "Linear", "Permutation",
     "device", "budget", "seed", "fit",
     "data", "metrics", "testing", "train", "viz",
+    "MADE", "MaskedAutoregressive", "autoregressive", "binary", "models",
+    "AdditiveCoupling", "AffineCoupling", "Rescale", "half_mask", "alternating_mask",
+    "checkerboard_mask", "channel_mask", "BatchNormFlow", "LogitPreprocess", "Squeeze", "FactorOut",
+    "coupling", "normalization", "preprocess", "reshape",
+    "distill", "kl_estimate",
 ]

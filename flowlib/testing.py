@@ -24,6 +24,12 @@ from torch import Tensor
 from .bijection import Bijection, Compose, Inverse
 from .elementwise import ElementwiseAffine, Exp, LeakyReLU, Sigmoid, SinhArcsinh, Tanh
 from .linear import Linear, Permutation
+from .autoregressive import MaskedAutoregressive
+from .coupling import (AdditiveCoupling, AffineCoupling, Rescale, alternating_mask, channel_mask,
+                       checkerboard_mask, half_mask)
+from .normalization import BatchNormFlow
+from .preprocess import LogitPreprocess
+from .reshape import FactorOut, Squeeze
 
 __all__ = ["check_bijection", "jacobian", "examples", "register_example"]
 
@@ -155,5 +161,33 @@ def examples() -> Iterator[tuple[str, Bijection, Tensor]]:
     yield "Inverse", Inverse(perturb(SinhArcsinh(d)).double()), _z(6, d)
     yield ("Compose", Compose(perturb(ElementwiseAffine(d)), SinhArcsinh(d), perturb(Linear(d), 0.1),
                               Permutation.reverse(d)).double(), _z(6, d))
+    g = torch.Generator().manual_seed(2)
+    yield ("MaskedAutoregressive", perturb(MaskedAutoregressive(d, (8, 8), order="random",
+                                                              generator=g)).double(), _z(6, d))
+    yield ("MaskedAutoregressive.inv (IAF)", perturb(MaskedAutoregressive(d, (8,), order="reversed"),
+                                                     seed=1).double().inv, _z(6, d))
+    # coupling layers: every partition mode (slice, gather, checkerboard multiplication)
+    yield "AdditiveCoupling/half", perturb(AdditiveCoupling(half_mask(d), hidden=(8,))).double(), _z(6, d)
+    yield ("AdditiveCoupling/checkerboard",
+           perturb(AdditiveCoupling(checkerboard_mask((2, 4, 4)), hidden=4)).double(), _z(3, 2, 4, 4))
+    yield ("AffineCoupling/alternating",
+           perturb(AffineCoupling(alternating_mask(d, flip=True), hidden=(8, 8))).double(), _z(6, d))
+    yield "AffineCoupling/half", perturb(AffineCoupling(half_mask(d), hidden=(8,))).double(), _z(6, d)
+    yield ("AffineCoupling/checkerboard",
+           perturb(AffineCoupling(checkerboard_mask((2, 4, 4), flip=True), hidden=4)).double(), _z(3, 2, 4, 4))
+    yield ("AffineCoupling/channel",
+           perturb(AffineCoupling(channel_mask((4, 2, 2)), hidden=4)).double(), _z(3, 4, 2, 2))
+    yield "Rescale", perturb(Rescale(d)).double(), _z(6, d)
+    yield "Squeeze", Squeeze(), _z(3, 2, 4, 6)
+    yield "Squeeze.inv", Squeeze().inv, _z(3, 8, 2, 3)
+    yield ("FactorOut", FactorOut(perturb(AffineCoupling(checkerboard_mask((2, 4, 4)), hidden=4)).double()),
+           _z(3, 4, 4, 4))
+    bn = BatchNormFlow(d).double()
+    bn.inverse(3 * _z(64, d, seed=1) + 1)  # training mode: running statistics move off (0, 1)
+    yield "BatchNormFlow", perturb(bn), _z(6, d)
+    bn = BatchNormFlow(3).double()
+    bn.inverse(2 * _z(16, 3, 2, 2, seed=1) - 1)
+    yield "BatchNormFlow/image", perturb(bn), _z(4, 3, 2, 2)
+    yield "LogitPreprocess", LogitPreprocess(0.05), _z(6, d)
     for extra in _EXTRA:
         yield from extra()
