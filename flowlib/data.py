@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["Estimate", "ToyDensity", "EightGaussians", "Rings", "TwoMoons", "Checkerboard",
-           "TOYS", "toy", "digits", "dequantize", "load_mnist", "DIGIT_LEVELS"]
+           "TOYS", "toy", "digits", "dequantize", "load_mnist", "DIGIT_LEVELS",
+           "Waveforms", "waveforms"]
 
 DIGIT_LEVELS = 17  # the 8x8 digits take the integer values 0..16
 
@@ -312,3 +313,97 @@ def load_mnist(images: str | os.PathLike, labels: str | os.PathLike | None = Non
     if y.ndim != 1 or len(y) != len(x):
         raise ValueError(f"{labels}: expected {len(x)} labels, got shape {y.shape}")
     return xt, torch.from_numpy(y.astype(np.int64))
+
+
+# ---------------------------------------------------------------------------- waveforms
+
+
+class Waveforms:
+    r"""Short noisy "waveforms" with an exact density: a mixture of stationary Gaussian AR(2)
+    processes, one per pitch.
+
+    A window of ``dim`` samples picks a period :math:`T_k` uniformly from ``periods`` and follows
+    the damped resonator :math:`x_t = a_1 x_{t-1} + a_2 x_{t-2} + \varepsilon_t`,
+    :math:`a_1 = 2r\cos(2\pi/T_k)`, :math:`a_2 = -r^2`, :math:`\varepsilon_t \sim
+    \mathcal N(0, s_k^2)`, started in its stationary law (unit variance, lag-one correlation
+    :math:`\rho_1 = a_1/(1-a_2)`): a noisy oscillation of random phase and amplitude. Each
+    component is Gaussian autoregressive with exact conditionals, so
+
+    .. math:: \log p(x) = \log \tfrac1K \sum_k \Big[\log\mathcal N(x_1; 0, 1)
+              + \log\mathcal N(x_2; \rho_1 x_1, 1-\rho_1^2)
+              + \sum_{t\ge3} \log\mathcal N(x_t; a_1 x_{t-1} + a_2 x_{t-2}, s_k^2)\Big]
+
+    is exact (``log_prob``) and the entropy is a Monte Carlo estimate of :math:`-\mathbb E
+    \log p` (``entropy``). Same interface as :class:`ToyDensity`.
+    """
+
+    name = "waveforms"
+
+    def __init__(self, dim: int = 64, periods: tuple[float, ...] = (16.0, 8.0, 5.0),
+                 damping: float = 0.95):
+        if int(dim) < 2 or not periods or not 0 < damping < 1:
+            raise ValueError(f"Waveforms: need dim >= 2, at least one period and 0 < damping < 1, "
+                             f"got {dim}, {periods}, {damping}")
+        self.dim = int(dim)
+        self.periods = tuple(float(p) for p in periods)
+        self.damping = float(damping)
+        r = self.damping
+        self.a1 = torch.tensor([2 * r * math.cos(2 * math.pi / p) for p in self.periods],
+                               dtype=torch.float64)
+        self.a2 = torch.full_like(self.a1, -r * r)
+        self.rho1 = self.a1 / (1 - self.a2)
+        # innovation variance giving a unit stationary variance
+        self.s2 = (1 + self.a2) * ((1 - self.a2) ** 2 - self.a1 ** 2) / (1 - self.a2)
+
+    def _component_log_prob(self, x: Tensor) -> Tensor:
+        """``[N, K]``: the log-density of each AR(2) component."""
+        a1, a2, rho1, s2 = self.a1, self.a2, self.rho1, self.s2
+        c = 0.5 * math.log(2 * math.pi)
+        lp = -0.5 * x[:, :1] ** 2 - c                                       # x_1 ~ N(0, 1)
+        v2 = 1 - rho1 ** 2
+        lp = lp - 0.5 * (x[:, 1:2] - rho1 * x[:, :1]) ** 2 / v2 - 0.5 * torch.log(v2) - c
+        if self.dim > 2:
+            pred = a1[None, :, None] * x[:, None, 1:-1] + a2[None, :, None] * x[:, None, :-2]
+            res = x[:, None, 2:] - pred                                     # [N, K, D-2]
+            lp = lp + (-0.5 * res ** 2 / s2[None, :, None]
+                       - 0.5 * torch.log(s2)[None, :, None] - c).sum(2)
+        return lp
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            x = torch.as_tensor(x)
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"Waveforms.log_prob: expected shape [N, {self.dim}], "
+                             f"got {tuple(x.shape)}")
+        lp = self._component_log_prob(x.detach().cpu().double())
+        out = torch.logsumexp(lp, 1) - math.log(len(self.periods))
+        return out.to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float64)
+
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float32) -> Tensor:
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"Waveforms.sample: n must be positive, got {n}")
+        k = torch.randint(0, len(self.periods), (n,), generator=generator)
+        a1, a2, rho1, s2 = self.a1[k], self.a2[k], self.rho1[k], self.s2[k]
+        e = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
+        x = torch.empty(n, self.dim, dtype=torch.float64)
+        x[:, 0] = e[:, 0]
+        x[:, 1] = rho1 * x[:, 0] + torch.sqrt(1 - rho1 ** 2) * e[:, 1]
+        for t in range(2, self.dim):
+            x[:, t] = a1 * x[:, t - 1] + a2 * x[:, t - 2] + torch.sqrt(s2) * e[:, t]
+        return x.to(dtype)
+
+    def entropy(self, n: int = 100_000, seed: int = 12345) -> Estimate:
+        r"""Monte Carlo :math:`H(p) = -\mathbb E_p \log p` in nats, with its standard error."""
+        x = self.sample(n, torch.Generator().manual_seed(seed), dtype=torch.float64)
+        lp = self.log_prob(x)
+        return Estimate(-lp.mean().item(), (lp.std() / math.sqrt(n)).item())
+
+    def __repr__(self) -> str:
+        return f"Waveforms(dim={self.dim}, periods={self.periods}, damping={self.damping})"
+
+
+def waveforms(n: int, dim: int = 64, generator: torch.Generator | None = None) -> Tensor:
+    """``n`` windows ``[n, dim]`` (float32) from :class:`Waveforms` with its default pitches."""
+    return Waveforms(dim).sample(n, generator)

@@ -1,0 +1,237 @@
+r"""Probability density distillation (van den Oord et al., 2018, Parallel WaveNet).
+
+A *teacher* :math:`t` that evaluates densities in one parallel pass (a MAF) trains a *student*
+:math:`s` that samples in one parallel pass (an IAF) by minimising the reverse KL divergence
+
+.. math:: \mathrm{KL}(s\,\|\,t) = \mathbb E_{x \sim s}\big[\log s(x) - \log t(x)\big]
+          = -H(s) + H(s, t),
+
+estimated by Monte Carlo on the student's own samples. The samples are *reparametrized*,
+:math:`x = f_s(z)` with :math:`z \sim \mathcal N(0, I)`, so the gradient with respect to the
+student's parameters flows through :math:`x` into the teacher's log-density; the student's
+:math:`\log s(x)` comes with the sample (:meth:`~flowlib.Flow.sample_and_log_prob`: no inversion)
+and the teacher's :math:`\log t(x)` takes one parallel pass. Neither direction is ever sequential.
+
+When student and teacher are both Gaussian autoregressive *in the same ordering* (stacks of IAF,
+resp. MAF, layers with no permutation between them), each conditional is a Gaussian,
+:math:`s(x_i \mid x_{<i}) = \mathcal N(\mu^s_i, \sigma^{s\,2}_i)` and likewise for :math:`t`, and
+the chain rule of the KL gives the lower-variance estimator used in Parallel WaveNet,
+
+.. math:: \mathrm{KL}(s\,\|\,t) = \mathbb E_{x \sim s} \sum_i
+          \mathrm{KL}\big(\mathcal N(\mu^s_i, \sigma^{s\,2}_i)\,\|\,\mathcal N(\mu^t_i, \sigma^{t\,2}_i)\big),
+
+with each term in closed form (:func:`gaussian_kl`): :func:`gaussian_ar_kl`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import torch
+from torch import Tensor, nn
+
+from .autoregressive import MaskedAutoregressive
+from .bijection import Compose, Inverse
+from .data import Estimate
+from .distributions import Flow, StandardNormal
+from .train import History, _progress_enabled, device
+
+__all__ = ["kl_samples", "kl_estimate", "gaussian_kl", "gaussian_ar_kl", "distill"]
+
+
+def _event_shape(flow: nn.Module, who: str) -> tuple[int, ...]:
+    shape = getattr(flow, "event_shape", None)
+    if shape is None:
+        raise TypeError(f"distill: the {who} must be a Flow (with event_shape, log_prob and "
+                        f"sample_and_log_prob), got {type(flow).__name__}")
+    return tuple(shape)
+
+
+def _check_pair(student: nn.Module, teacher: nn.Module) -> None:
+    s, t = _event_shape(student, "student"), _event_shape(teacher, "teacher")
+    if s != t:
+        raise ValueError(f"distill: the student's samples have shape {s} but the teacher models "
+                         f"shape {t}; student and teacher must have the same dimension")
+    if not hasattr(student, "sample_and_log_prob"):
+        raise TypeError("distill: the student needs sample_and_log_prob(n)")
+
+
+def kl_samples(student: nn.Module, teacher: nn.Module, n: int) -> Tensor:
+    r"""``n`` single-sample estimates :math:`\log s(x) - \log t(x)`, :math:`x \sim s`, shape ``[n]``.
+
+    Their mean is an unbiased estimate of :math:`\mathrm{KL}(s\,\|\,t)`; it is differentiable with
+    respect to the student's parameters through the reparametrized samples (and through the
+    teacher's log-density of them).
+    """
+    _check_pair(student, teacher)
+    x, log_s = student.sample_and_log_prob(int(n))
+    return log_s - teacher.log_prob(x)
+
+
+def kl_estimate(student: nn.Module, teacher: nn.Module, n: int = 10_000,
+                batch_size: int = 4096) -> Estimate:
+    r"""Monte Carlo :math:`\mathrm{KL}(s\,\|\,t)` in nats with its standard error (no gradient)."""
+    vals = []
+    with torch.no_grad():
+        left = int(n)
+        while left > 0:
+            vals.append(kl_samples(student, teacher, min(batch_size, left)).double().cpu())
+            left -= batch_size
+    v = torch.cat(vals)
+    return Estimate(v.mean().item(), (v.std() / math.sqrt(len(v))).item())
+
+
+def gaussian_kl(mu_s: Tensor, log_sigma_s: Tensor, mu_t: Tensor, log_sigma_t: Tensor) -> Tensor:
+    r"""Elementwise :math:`\mathrm{KL}(\mathcal N(\mu_s, \sigma_s^2)\,\|\,\mathcal N(\mu_t, \sigma_t^2))
+    = \log\frac{\sigma_t}{\sigma_s} + \frac{\sigma_s^2 + (\mu_s - \mu_t)^2}{2\sigma_t^2} - \frac12`."""
+    return (log_sigma_t - log_sigma_s
+            + 0.5 * (torch.exp(2 * (log_sigma_s - log_sigma_t))
+                     + ((mu_s - mu_t) * torch.exp(-log_sigma_t)) ** 2) - 0.5)
+
+
+def _ar_layers(flow: nn.Module, inverted: bool, who: str) -> list[MaskedAutoregressive]:
+    """The MaskedAutoregressive layers of a Gaussian autoregressive flow, or a clear error."""
+    need = ("a stack of IAF layers (MaskedAutoregressive(...).inv)" if inverted
+            else "a stack of MAF layers (MaskedAutoregressive)")
+    bij = getattr(flow, "bijection", None)
+    if not isinstance(flow, Flow) or not isinstance(flow.base, StandardNormal):
+        raise ValueError(f"gaussian_ar_kl: the {who} must be a Flow with a StandardNormal base")
+    layers = list(bij.layers) if isinstance(bij, Compose) else [bij]
+    out = []
+    for layer in layers:
+        if inverted and isinstance(layer, Inverse) and isinstance(layer.base, MaskedAutoregressive):
+            out.append(layer.base)
+        elif not inverted and isinstance(layer, MaskedAutoregressive):
+            out.append(layer)
+        else:
+            raise ValueError(f"gaussian_ar_kl: the {who} must be {need} with no permutation in "
+                             f"between (each conditional is then Gaussian); found "
+                             f"{type(layer).__name__}")
+        if out[-1].made.context_features:
+            raise ValueError("gaussian_ar_kl: conditional (context) layers are not supported")
+    return out
+
+
+def gaussian_ar_kl(student: Flow, teacher: Flow, n: int) -> Tensor:
+    r"""``n`` estimates of :math:`\sum_i \mathrm{KL}(s(x_i \mid x_{<i})\,\|\,t(x_i \mid x_{<i}))`
+    at student samples :math:`x \sim s`, shape ``[n]``; their mean is :math:`\mathrm{KL}(s\,\|\,t)`.
+
+    The student must be a stack of IAF layers and the teacher a stack of MAF layers, all with the
+    *same* ordering and no permutations, both over a standard normal: then, given :math:`x_{<i}`,
+    :math:`x_i = \sigma_i z_i + \mu_i` in both, with :math:`\log\sigma_i` the sum of the layers'
+    log-scales of coordinate :math:`i`. The student's are read off its parallel generative pass, the
+    teacher's off its parallel normalizing pass at the student's sample; the per-coordinate KLs are
+    in closed form (:func:`gaussian_kl`). Differentiable through the reparametrized samples.
+    """
+    _check_pair(student, teacher)
+    s_layers = _ar_layers(student, inverted=True, who="student")
+    t_layers = _ar_layers(teacher, inverted=False, who="teacher")
+    order = t_layers[0].order
+    if any(not torch.equal(m.order, order) for m in s_layers + t_layers):
+        raise ValueError("gaussian_ar_kl: every layer of student and teacher must use the same "
+                         "ordering (otherwise the conditionals are not Gaussian)")
+    z = student.base.sample(int(n))
+    x, log_sigma_s = z, torch.zeros_like(z)
+    for m in s_layers:                 # IAF layer = MAF layer's inverse: x <- (x - mu) e^{-alpha}
+        mu, alpha = m._params(x, None)
+        x = (x - mu) * torch.exp(-alpha)
+        log_sigma_s = log_sigma_s - alpha
+    mu_s = x - torch.exp(log_sigma_s) * z
+    u, log_sigma_t = x, torch.zeros_like(x)
+    for m in reversed(t_layers):       # normalizing pass of the MAF: u <- (u - mu) e^{-alpha}
+        mu, alpha = m._params(u, None)
+        u = (u - mu) * torch.exp(-alpha)
+        log_sigma_t = log_sigma_t + alpha
+    mu_t = x - torch.exp(log_sigma_t) * u
+    return gaussian_kl(mu_s, log_sigma_s, mu_t, log_sigma_t).sum(1)
+
+
+def distill(student: nn.Module, teacher: nn.Module, steps: int = 1000, batch_size: int = 256,
+            lr: float = 1e-3, *, estimator: str = "mc", clip: float | None = 10.0,
+            schedule: str = "cosine", dev: torch.device | None = None,
+            progress: bool | None = None) -> History:
+    r"""Train ``student`` to minimise :math:`\mathrm{KL}(s\,\|\,t)` to a frozen ``teacher`` with Adam.
+
+    Args:
+        student: a flow with ``sample_and_log_prob(n)`` (an IAF: one parallel pass).
+        teacher: a flow with ``log_prob(x)`` (a MAF: one parallel pass), already trained. Its
+            parameters get ``requires_grad=False`` and it is put in eval mode for the duration
+            (both restored afterwards); it is never updated.
+        steps, batch_size, lr: the budget; ``batch_size`` student samples per step.
+        estimator: ``"mc"`` (:func:`kl_samples`, any student and teacher) or ``"gaussian"``
+            (:func:`gaussian_ar_kl`, the per-step closed form, lower variance).
+        clip, schedule, dev, progress: as in :func:`~flowlib.fit`.
+
+    Returns:
+        a :class:`~flowlib.train.History` whose ``loss`` is the KL estimate (nats) at each step.
+
+    A non-finite estimate raises ``FloatingPointError`` before the update.
+    """
+    from tqdm.auto import tqdm
+
+    _check_pair(student, teacher)
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"distill: steps and batch_size must be positive, got {steps}, "
+                         f"{batch_size}")
+    estimators = {"mc": kl_samples, "gaussian": gaussian_ar_kl}
+    if estimator not in estimators:
+        raise ValueError(f"distill: estimator must be 'mc' or 'gaussian', got {estimator!r}")
+    estimate = estimators[estimator]
+    dev = torch.device(dev) if dev is not None else device()
+    student.to(dev)
+    teacher.to(dev)
+    teacher_params = list(teacher.parameters())
+    if any(p is q for p in student.parameters() for q in teacher_params):
+        raise ValueError("distill: student and teacher share parameters")
+    params = [p for p in student.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("distill: the student has no trainable parameters")
+    opt = torch.optim.Adam(params, lr=lr)
+    if schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    elif schedule == "constant":
+        sched = None
+    else:
+        raise ValueError(f"distill: schedule must be 'cosine' or 'constant', got {schedule!r}")
+
+    # Freeze the teacher: gradients still flow *through* its log-density into the samples, but
+    # none accumulate in its parameters (and eval mode fixes e.g. batch-norm statistics).
+    was_training, flags = teacher.training, [p.requires_grad for p in teacher_params]
+    teacher.eval()
+    for p in teacher_params:
+        p.requires_grad_(False)
+    hist = History(device=str(dev))
+    bar = tqdm(range(steps), disable=not _progress_enabled(progress), file=sys.stderr,
+               desc=f"distill on {dev.type}", mininterval=0.5, leave=False)
+    start = time.perf_counter()
+    student.train()
+    try:
+        for step in bar:
+            loss = estimate(student, teacher, batch_size).mean()
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"distill: the KL estimate is {value} at step {step}; parameters kept from "
+                    f"step {step - 1}. Try a lower learning rate.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+            if sched is not None:
+                sched.step()
+            hist.loss.append(value)
+            if step % 50 == 0:
+                bar.set_postfix(kl=f"{value:.3f}")
+    finally:
+        bar.close()
+        for p, f in zip(teacher_params, flags):
+            p.requires_grad_(f)
+        teacher.train(was_training)
+        student.eval()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    hist.seconds = time.perf_counter() - start
+    return hist
