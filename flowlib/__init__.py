@@ -13,11 +13,13 @@ from .train import budget, device, fit, seed
 from .autoregressive import MADE, MaskedAutoregressive
 from .coupling import (AdditiveCoupling, AffineCoupling, Rescale, alternating_mask, channel_mask,
                        checkerboard_mask, half_mask)
-from .normalization import BatchNormFlow
+from .normalization import ActNorm, BatchNormFlow
+from .invconv import GlowStep, InvConv1x1
 from .preprocess import LogitPreprocess
 from .reshape import FactorOut, Squeeze
 from . import autoregressive, binary, models
 from . import coupling, normalization, preprocess, reshape
+from . import invconv
 from . import distill
 from .distill import kl_estimate
 
@@ -34,5 +36,6 @@ __all__ = [
     "AdditiveCoupling", "AffineCoupling", "Rescale", "half_mask", "alternating_mask",
     "checkerboard_mask", "channel_mask", "BatchNormFlow", "LogitPreprocess", "Squeeze", "FactorOut",
     "coupling", "normalization", "preprocess", "reshape",
+    "ActNorm", "InvConv1x1", "GlowStep", "invconv",
     "distill", "kl_estimate",
 ]

@@ -19,7 +19,7 @@ from .normalization import BatchNormFlow
 from .preprocess import LogitPreprocess
 from .reshape import FactorOut, Squeeze
 
-__all__: list[str] = ["maf", "iaf", "nice", "realnvp"]
+__all__: list[str] = ["maf", "iaf", "nice", "realnvp", "glow"]
 
 
 def _autoregressive_stack(dim: int, layers: int, hidden: Sequence[int], permutation: str,
@@ -230,3 +230,102 @@ def realnvp(dim: int | None = None, *, shape: Sequence[int] | None = None,
         if batch_norm and k < couplings - 1:
             steps.append(BatchNormFlow(dim))
     return Flow(Compose(*reversed(steps)), StandardNormal(dim))
+
+
+# ---------------------------------------------------------------------------- Glow
+
+
+def _glow_image(shape: tuple[int, int, int], steps: int, hidden: int, blocks: int, scales: int,
+                permutation: str, learned_prior: bool, context: int, activation: str,
+                log_scale_bound: float | None) -> Compose:
+    """Glow's multi-scale stack, built in the normalizing order, returned in generative order."""
+    from .coupling import AffineCoupling, channel_mask
+    from .invconv import GlowStep
+
+    def level(c: int, h: int, w: int, s: int) -> Compose:
+        if h % 2 or w % 2:
+            raise ValueError(f"glow: scale {s} needs an even height and width, got {(c, h, w)}")
+        c4, h2, w2 = 4 * c, h // 2, w // 2
+        layers: list[Bijection] = [Squeeze().inv]  # its inverse squeezes (normalizing direction)
+        layers += [GlowStep((c4, h2, w2), hidden, blocks=blocks, permutation=permutation,
+                            context=context, activation=activation,
+                            log_scale_bound=log_scale_bound) for _ in range(steps)]
+        last = s == scales - 1 or h2 % 2 or w2 % 2
+        if not last:
+            if learned_prior:
+                # Glow's learned prior of the factored-out half, N(mu(h1), sigma(h1)^2), is the
+                # same as a standard normal after an affine coupling conditioned on the kept half
+                layers.append(AffineCoupling(channel_mask((c4, h2, w2)), hidden=hidden,
+                                             blocks=blocks, context=context,
+                                             activation=activation,
+                                             log_scale_bound=log_scale_bound))
+            layers.append(FactorOut(level(c4 // 2, h2, w2, s + 1)))
+        layers.append(Squeeze())  # its inverse unsqueezes: z keeps the data's shape
+        return Compose(*reversed(layers))
+
+    return level(*shape, 0)
+
+
+def glow(dim: int | None = None, *, shape: Sequence[int] | None = None, steps: int | None = None,
+         hidden: int | Sequence[int] | None = None, blocks: int = 1, scales: int = 2,
+         permutation: str = "lu", learned_prior: bool = True, logit: float | None = None,
+         context: int = 0, activation: str = "relu",
+         log_scale_bound: float | None = 2.0) -> Flow:
+    r"""Glow (Kingma & Dhariwal, 2018): steps of flow (:class:`~flowlib.invconv.GlowStep`:
+    actnorm, invertible 1x1 convolution, affine coupling with a fixed half/channel mask), standard
+    normal base.
+
+    **Vectors** (``dim``): ``steps`` (default 8) steps with :class:`~flowlib.coupling.MLP`
+    conditioners (``hidden`` defaults to ``(64, 64)`` for ``dim <= 16``, ``(32, 32)`` above, as
+    in :func:`realnvp`). The 1x1 convolution is then a learned :math:`D \times D` mixing of the
+    coordinates.
+
+    **Images** (``shape=(C, H, W)``): Glow's multi-scale architecture. At each of ``scales``
+    levels, in the normalizing direction: squeeze, ``steps`` (default 4) steps of flow with
+    :class:`~flowlib.coupling.ConvNet` conditioners (``hidden`` channels, default 32, ``blocks``
+    residual blocks), then (but at the last level) half the channels are factored out and the
+    other half goes on. With ``learned_prior`` (default), the factored-out half gets Glow's
+    learned prior :math:`\mathcal N(\mu(h), \sigma(h)^2)`, conditioned on the half that goes on:
+    written as an affine coupling before the split, so the flow keeps one standard normal base
+    over all values (``z`` has the data's shape). Sampling at temperature :math:`T`
+    (``flow.sample(n, temperature=T)``) scales that base, hence every factored-out part too, by
+    :math:`T`: the learned prior is sampled as :math:`\mu + \sigma\,(T\epsilon)`, as in Glow.
+
+    Args:
+        permutation: between the couplings: ``"lu"`` (LU 1x1 convolution, default), ``"plain"``
+            (dense :math:`W`), ``"reverse"`` or ``"shuffle"`` (fixed permutations, for ablations).
+        logit: if given, the data lie in :math:`[0, 1]` and the flow starts (normalizing
+            direction) with :class:`~flowlib.preprocess.LogitPreprocess` with this :math:`\alpha`.
+        context: size of an optional context given to every conditioner.
+        log_scale_bound: the soft clamp of each coupling's log-scale (see ``AffineCoupling``).
+
+    The actnorm layers initialize themselves on the first training batch (see
+    :class:`~flowlib.normalization.ActNorm`).
+
+    Example:
+        >>> flow = glow(shape=(1, 8, 8), logit=0.05)
+        >>> flow.sample(4, temperature=0.7).shape
+        torch.Size([4, 1, 8, 8])
+    """
+    from .invconv import GlowStep
+
+    if (dim is None) == (shape is None):
+        raise ValueError("glow: give either dim (vectors) or shape=(C, H, W) (images)")
+    pre: list[Bijection] = [LogitPreprocess(logit)] if logit is not None else []
+    if shape is not None:
+        shp = tuple(int(s) for s in shape)
+        if len(shp) != 3:
+            raise ValueError(f"glow: shape must be (C, H, W), got {shp}")
+        body = _glow_image(shp, 4 if steps is None else int(steps),  # type: ignore[arg-type]
+                           32 if hidden is None else int(hidden), blocks,  # type: ignore[arg-type]
+                           int(scales), permutation, learned_prior, context, activation,
+                           log_scale_bound)
+        return Flow(Compose(body, *pre), StandardNormal(shp))
+    dim = int(dim)  # type: ignore[arg-type]
+    if hidden is None:
+        hidden = (64, 64) if dim <= 16 else (32, 32)
+    g = torch.Generator().manual_seed(0)
+    layers = [GlowStep(dim, hidden, permutation=permutation, context=context,
+                       activation=activation, log_scale_bound=log_scale_bound, generator=g)
+              for _ in range(8 if steps is None else int(steps))]
+    return Flow(Compose(*reversed(layers), *pre), StandardNormal(dim))

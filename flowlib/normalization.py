@@ -1,4 +1,4 @@
-r"""Normalization layers as bijections: :class:`BatchNormFlow`.
+r"""Normalization layers as bijections: :class:`BatchNormFlow`, :class:`ActNorm`.
 
 Batch normalization (Ioffe & Szegedy, 2015) is an affine map per feature, so it is invertible
 with a diagonal Jacobian; RealNVP (Dinh et al., 2017) uses it between couplings to keep the
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .bijection import Bijection, check_input
 
-__all__ = ["BatchNormFlow"]
+__all__ = ["BatchNormFlow", "ActNorm"]
 
 
 class BatchNormFlow(Bijection):
@@ -101,3 +101,83 @@ class BatchNormFlow(Bijection):
 
     def extra_repr(self) -> str:
         return f"features={self.features}, momentum={self.momentum}, eps={self.eps}"
+
+
+class ActNorm(Bijection):
+    r"""Glow's activation normalization (Kingma & Dhariwal, 2018): a per-feature affine map
+    (dimension 1: coordinates of ``[B, D]``, channels of ``[B, C, H, W]``) whose parameters are
+    *initialised from data* and then trained like any others.
+
+    With learned :math:`b` and :math:`s = e^{\log s} > 0` (one of each per feature), and
+    :math:`h w` the number of pixels (1 for vectors):
+
+    * forward (generative): :math:`x = s \odot z + b`
+    * inverse (normalizing): :math:`z = (x - b) / s`
+    * log-det (forward): :math:`h\,w \sum_c \log s_c`; the inverse's is its negative.
+
+    **Data-dependent initialisation.** The first call of ``inverse`` in training mode (the
+    direction ``log_prob`` runs, so the first training batch) sets :math:`b` to the per-feature
+    mean and :math:`\log s` to the log of the per-feature standard deviation of that batch
+    (statistics over the batch and the pixels), so that the normalized batch has zero mean and
+    unit variance per feature. Unlike :class:`BatchNormFlow`, nothing depends on the batch after
+    that: the layer is one fixed affine map, the same in training and evaluation, and works with
+    batches of one. The flag is the buffer ``initialized``, saved in the ``state_dict``, so a
+    loaded model does not re-initialize. Call :meth:`initialize` to do it by hand.
+
+    The scale is stored as its logarithm, so it stays positive; ``eps`` keeps the logarithm of a
+    constant feature finite. (The paper writes the normalizing map :math:`y = s' \odot x + b'`:
+    :math:`s' = 1/s`, :math:`b' = -b/s`.)
+
+    Example:
+        >>> an = ActNorm(3)
+        >>> z, ladj = an.inverse(5 + 2 * torch.randn(100, 3))   # initializes: z ~ zero mean, unit var
+    """
+
+    def __init__(self, features: int, eps: float = 1e-6):
+        super().__init__()
+        self.features = int(features)
+        self.eps = float(eps)
+        self.loc = nn.Parameter(torch.zeros(self.features))
+        self.log_scale = nn.Parameter(torch.zeros(self.features))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def _check(self, v: Tensor, name: str) -> tuple[int, ...]:
+        check_input(v, ndim=(2, 4), name=name, finite=False)
+        if v.shape[1] != self.features:
+            raise ValueError(f"{name}: expected {self.features} features in dimension 1, "
+                             f"got shape {tuple(v.shape)}")
+        return (0,) if v.dim() == 2 else (0, 2, 3)
+
+    def _view(self, p: Tensor, v: Tensor) -> Tensor:
+        return p if v.dim() == 2 else p[:, None, None]
+
+    def _ladj(self, v: Tensor) -> Tensor:
+        pixels = 1 if v.dim() == 2 else v.shape[2] * v.shape[3]
+        return (self.log_scale.sum() * pixels).expand(v.shape[0])
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Set the parameters so that ``inverse(x)`` has zero mean and unit variance per feature."""
+        dims = self._check(x, "ActNorm.initialize")
+        if x.numel() // x.shape[1] < 2:
+            raise ValueError("ActNorm: the data-dependent initialization needs at least 2 values "
+                             f"per feature, got shape {tuple(x.shape)}")
+        var, mean = torch.var_mean(x.detach(), dim=dims, correction=0)
+        self.loc.copy_(mean)
+        self.log_scale.copy_(0.5 * torch.log(var + self.eps))
+        self.initialized.fill_(True)
+
+    def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check(x, "ActNorm.inverse")
+        if self.training and not bool(self.initialized):
+            self.initialize(x)
+        z = (x - self._view(self.loc, x)) * self._view(torch.exp(-self.log_scale), x)
+        return z, -self._ladj(x)
+
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check(z, "ActNorm")
+        x = z * self._view(torch.exp(self.log_scale), z) + self._view(self.loc, z)
+        return x, self._ladj(z)
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, initialized={bool(self.initialized)}"

@@ -27,7 +27,8 @@ from .linear import Linear, Permutation
 from .autoregressive import MaskedAutoregressive
 from .coupling import (AdditiveCoupling, AffineCoupling, Rescale, alternating_mask, channel_mask,
                        checkerboard_mask, half_mask)
-from .normalization import BatchNormFlow
+from .normalization import ActNorm, BatchNormFlow
+from .invconv import GlowStep, InvConv1x1
 from .preprocess import LogitPreprocess
 from .reshape import FactorOut, Squeeze
 
@@ -189,5 +190,21 @@ def examples() -> Iterator[tuple[str, Bijection, Tensor]]:
     bn.inverse(2 * _z(16, 3, 2, 2, seed=1) - 1)
     yield "BatchNormFlow/image", perturb(bn), _z(4, 3, 2, 2)
     yield "LogitPreprocess", LogitPreprocess(0.05), _z(6, d)
+    # Glow: actnorm initialized on a batch first (then perturbed), 1x1 convolutions, a step
+    an = ActNorm(d).double()
+    an.inverse(3 * _z(64, d, seed=1) + 1)
+    yield "ActNorm", perturb(an), _z(6, d)
+    an = ActNorm(3).double()
+    an.inverse(2 * _z(16, 3, 2, 2, seed=1) - 1)
+    yield "ActNorm/image", perturb(an), _z(4, 3, 2, 2)
+    yield "InvConv1x1/lu", perturb(InvConv1x1(4), 0.2).double(), _z(3, 4, 2, 3)
+    yield "InvConv1x1/plain", perturb(InvConv1x1(4, lu=False), 0.2).double(), _z(3, 4, 2, 3)
+    yield "InvConv1x1/vector", perturb(InvConv1x1(d), 0.2).double(), _z(6, d)
+    step = GlowStep((4, 2, 2), hidden=4).double()
+    step.inverse(2 * _z(16, 4, 2, 2, seed=1) + 1)
+    yield "GlowStep/image", perturb(step, 0.1), _z(3, 4, 2, 2)
+    step = GlowStep(d, hidden=(8,)).double()
+    step.inverse(2 * _z(32, d, seed=1) + 1)
+    yield "GlowStep/vector", perturb(step, 0.1), _z(6, d)
     for extra in _EXTRA:
         yield from extra()
