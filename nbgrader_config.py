@@ -37,7 +37,8 @@ c.GenerateAssignment.permissions = 644
 c.Autograde.permissions = 644
 c.GenerateFeedback.permissions = 644
 
-# Per-cell time limit while autograding (CPU only; the assignments run in seconds).
+# Per-cell time limit when nbgrader is run by hand. tools/grade.py sets its own
+# (--cell-timeout, 60 s by default) and grades in a sandbox with tools/guard.py's preprocessors.
 c.Execute.timeout = 120
 
 # A test cell the student deleted is put back (and run) rather than silently scored from

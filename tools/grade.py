@@ -1,46 +1,84 @@
 #!/usr/bin/env python3
-"""Grading driver of the Flows course: nbgrader from sources to grades.csv.
+"""Grading driver of the Flows course: nbgrader, in a sandbox, from sources to grades.csv.
 
     python tools/grade.py generate    solutions/<ps> -> exercises/<ps>, registered in the gradebook
-    python tools/grade.py autograde   grade grading/submitted/<student>/<ps>/, one process each
-    python tools/grade.py feedback    grading/feedback/<student>/<ps>/*.html (no hidden tests)
+    python tools/grade.py autograde   grade every grading/submitted/<student>/<ps>/ in parallel,
+                                      each in its own sandboxed process; feedback for each
+    python tools/grade.py feedback    re-make feedback from the gradebook (after manual grading)
     python tools/grade.py export      grading/grades.csv: one row per student x assignment
-    python tools/grade.py all         all of the above; copies the demo class into an empty
-                                      grading/submitted/ first (`make grade`)
+    python tools/grade.py report      grading/reports/: per-assignment report and score plot
+    python tools/grade.py review S PS accept|zero [--note TEXT]
+                                      settle a flagged submission after looking at it
+    python tools/grade.py sandbox     what confinement this machine allows
+    python tools/grade.py all         generate, demo class if nothing submitted, autograde,
+                                      export, report (`make grade`)
 
-Options: --root (course root, default: this repository), and for autograde/feedback/all
---assignment/-a and --student/-s to restrict the run (repeatable).
+autograde/all options: -a/--assignment, -s/--student (repeatable), --workers N (default: the
+number of CPUs), --timeout S (wall clock per submission, 300), --cell-timeout [PS=]S (per cell,
+60; repeat with PS= for one assignment),
+--memory MB (per process, 4096), --force (re-grade unchanged submissions), --retry-failed.
 
-nbgrader is driven through its command line (the `nbgrader` next to this Python), from the
-course root, so that it reads nbgrader_config.py there. Each submission is autograded by its
-own `nbgrader autograde` process (`grade_submission`, the unit a pool of workers with time and
-memory limits would run): a malformed notebook or an nbgrader error stops that student only.
-Each cell may run for `Execute.timeout` seconds (nbgrader_config.py). The outcome of every
-submission is kept in grading/status.json, which `export` reads (a failed submission is
-exported with score 0 and status "failed"); nbgrader's output is in grading/logs/.
+How one submission is graded (`grade_submission`, run by a pool of worker threads):
 
-Exit status: 0 when every step succeeded and every submission was graded; 1 when a submission
-failed (the others are still graded, fed back and exported); 2 on a usage or setup error.
+1. its files are hashed; an unchanged submission already graded is skipped (idempotent);
+2. the notebook is parsed, repaired and scanned (tools/scan.py): changed grade_ids, deleted
+   cells, other assignments' notebooks, suspicious code -> notes and flags;
+3. a private course directory is made under grading/.work/: a gradebook holding only the
+   assignments (no student, no hidden test on disk besides it), the repaired submission, a
+   home, a temp folder, Jupyter and IPython folders, and a `flows-sandbox` kernelspec;
+4. `tools/sandbox.py run` starts `tools/grade_one.py` (nbgrader autograde + feedback) there
+   under resource limits, in private network and PID namespaces, with writes confined to the
+   private folder (Landlock); the kernel that runs the student's code is confined further
+   (reads: Python, the venv, flowlib, its own folder; no TCP connection; no signal out);
+   tools/guard.py keeps the tests' verdicts honest; the whole is killed past --timeout or
+   when it writes more than 512 MB;
+5. the main thread alone (no concurrent sqlite writer) copies the scores into
+   grading/gradebook.db, the autograded notebook into grading/autograded/, the feedback into
+   grading/feedback/ (grading/withheld/ while flagged), and records the outcome in
+   grading/status.json and one line in grading/ledger.jsonl.
+
+Outcomes: graded (score, possibly 0), flagged (suspicious: the parts from the first suspicious
+cell on score 0 until `review`), failed (could not be graded: score 0 and the reason).
+Exit status: 0 when every submission could be graded (flagged included), 1 when one failed,
+2 on a usage or setup error.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import csv
+import hashlib
 import json
 import os
 import re
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO_CLASS = Path(__file__).resolve().parent / "demo_class"
+TOOLS = Path(__file__).resolve().parent
+REPO = TOOLS.parent
+DEMO_CLASS = TOOLS / "demo_class"
+sys.path.insert(0, str(TOOLS))
+
+# nbgrader's own remove/add of a submission makes SQLAlchemy warn; harmless
+warnings.filterwarnings("ignore", message=".*not in session.*")
+
+# Bump when grading itself changes: every submission is then graded again.
+GRADER_VERSION = "3"
 # Student and assignment ids become nbgrader glob patterns and path components: keep them plain.
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
 ERROR_RE = re.compile(r"\[(?:[^\]]*\| )?(?:ERROR|CRITICAL)\]")  # "[AutogradeApp | ERROR]"
+MAX_NOTEBOOK_MB = 20
+MAX_WORKDIR_MB = 512
+KERNEL_NAME = "flows-sandbox"
 
 
 class GradingError(Exception):
@@ -86,27 +124,28 @@ class Course:
 
     @property
     def grading(self) -> Path:
-        """The instructor-side folder (holds gradebook, status, logs, grades.csv)."""
+        """The instructor-side folder (gradebook, status, logs, grades.csv, reports)."""
         return self.submitted.parent
 
-    @property
-    def status_file(self) -> Path:
-        return self.grading / "status.json"
+    status_file = property(lambda self: self.grading / "status.json")
+    ledger = property(lambda self: self.grading / "ledger.jsonl")
+    grades_csv = property(lambda self: self.grading / "grades.csv")
+    logs = property(lambda self: self.grading / "logs")
+    reports = property(lambda self: self.grading / "reports")
+    withheld = property(lambda self: self.grading / "withheld")
+    work = property(lambda self: self.grading / ".work")
 
     @property
-    def grades_csv(self) -> Path:
-        return self.grading / "grades.csv"
-
-    @property
-    def logs(self) -> Path:
-        return self.grading / "logs"
+    def db_path(self) -> Path:
+        if not self.db_url.startswith("sqlite:///"):
+            raise GradingError(f"only sqlite gradebooks are supported, not {self.db_url}")
+        return Path(self.db_url[len("sqlite:///"):])
 
     def prepare(self) -> None:
         """Create grading/ and the folder of the sqlite gradebook (sqlite will not)."""
         for folder in (self.grading, self.submitted, self.logs):
             folder.mkdir(parents=True, exist_ok=True)
-        if self.db_url.startswith("sqlite:///"):
-            Path(self.db_url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
 
     def assignments(self) -> list[str]:
         """Assignments = folders of the source directory holding a notebook."""
@@ -125,8 +164,8 @@ class Course:
 
 
 def tool_env(root: Path) -> dict[str, str]:
-    """Environment for nbgrader and its kernels: the venv first on PATH (nbgrader calls
-    `alembic` by name), Jupyter/IPython/matplotlib state in .cache/ unless already set."""
+    """Environment for nbgrader run by the instructor (not for student code): the venv first
+    on PATH (nbgrader calls `alembic` by name), Jupyter/IPython/matplotlib state in .cache/."""
     env = dict(os.environ)
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
@@ -145,8 +184,6 @@ def tool_env(root: Path) -> dict[str, str]:
     env.setdefault("JUPYTER_PLATFORM_DIRS", "1")
     env.setdefault("MPLBACKEND", "Agg")
     env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    # Small notebooks: one thread per kernel avoids oversubscribing the cores when graders
-    # (or the test suite) run side by side.
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
@@ -217,7 +254,29 @@ def generate(course: Course) -> list[str]:
     return names
 
 
-# ----------------------------------------------------------------------------- autograde
+# ----------------------------------------------------------------------------- submissions
+
+
+@dataclass
+class Limits:
+    workers: int = 0  # 0: number of CPUs
+    timeout: float = 300.0  # wall clock per submission, seconds
+    cell_timeout: int = 60  # per cell, seconds
+    cell_timeouts: dict = field(default_factory=dict)  # assignment -> per-cell seconds
+    memory_mb: int = 4096  # address space of the grader process and of the kernel
+    file_mb: int = 64  # largest file the kernel may write
+    disk_mb: int = MAX_WORKDIR_MB  # everything written in the private folder
+
+    def cell_timeout_for(self, assignment: str) -> int:
+        return int(self.cell_timeouts.get(assignment, self.cell_timeout))
+
+    def resolved_workers(self) -> int:
+        if self.workers > 0:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:
+            return max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -225,6 +284,7 @@ class Submission:
     student: str
     assignment: str
     path: Path
+    digest: str = ""
 
     @property
     def key(self) -> str:
@@ -232,15 +292,45 @@ class Submission:
 
 
 @dataclass
-class Result:
+class Outcome:
     student: str
     assignment: str
-    status: str  # "graded" or "failed"
-    score: float | None = None
+    hash: str
+    status: str = "failed"  # graded | flagged | failed
+    score: float = 0.0  # what counts (flagged parts zeroed)
     max_score: float | None = None
+    autograde_score: float | None = None  # what nbgrader gave
+    cells: dict = field(default_factory=dict)  # notebook -> {grade_id: [score, max]}
+    zeroed: list = field(default_factory=list)  # grade_ids zeroed pending review
+    flags: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    reason: str = ""
     seconds: float = 0.0
-    message: str = ""
+    sandbox: str = ""
+    graded_at: str = ""
     log: str = ""
+    review: dict | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.student}/{self.assignment}"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Outcome":
+        """An outcome from status.json (fields this version does not know are dropped)."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known.setdefault("hash", "")
+        known.setdefault("student", "?")
+        known.setdefault("assignment", "?")
+        return cls(**known)
+
+    def note_text(self) -> str:
+        parts = ([self.reason] if self.reason else []) + self.flags + self.notes
+        if self.review:
+            parts.insert(0, f"reviewed: {self.review['decision']}"
+                            + (f" ({self.review['note']})" if self.review.get("note") else ""))
+        text = "; ".join(parts)
+        return text if len(text) <= 600 else text[:597] + "..."
 
 
 def find_submissions(course: Course, assignments: list[str] | None = None,
@@ -259,84 +349,532 @@ def find_submissions(course: Course, assignments: list[str] | None = None,
     return sorted(subs, key=lambda s: (s.assignment, s.student))
 
 
-def check_submission(course: Course, sub: Submission) -> str | None:
-    """Why this submission cannot be graded, or None. Cheap checks made before any process
-    starts, so that a malformed submission gets a clear message."""
+def _files(folder: Path) -> list[Path]:
+    """Regular files of a submission (symbolic links are ignored, never followed)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and not os.path.islink(os.path.join(dirpath, d)))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if not p.is_symlink() and p.is_file() and not name.startswith("."):
+                out.append(p)
+    return out
+
+
+def source_digest(course: Course, assignment: str) -> str:
+    h = hashlib.sha256(GRADER_VERSION.encode())
+    for p in _files(course.source / assignment):
+        h.update(str(p.relative_to(course.source)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def submission_digest(sub: Submission, source: str) -> str:
+    """Content hash of a submission (its files, names and bytes) and of the assignment."""
+    h = hashlib.sha256(source.encode())
+    for p in _files(sub.path):
+        h.update(str(p.relative_to(sub.path)).encode() + b"\0")
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()[:32]
+
+
+class AssignmentCache:
+    """Per assignment: notebook names, scan info (tools/scan.py) and source digest."""
+
+    def __init__(self, course: Course):
+        self.course = course
+        self._infos: dict[str, dict] = {}
+        self._digests: dict[str, str] = {}
+
+    def digest(self, ps: str) -> str:
+        if ps not in self._digests:
+            self._digests[ps] = source_digest(self.course, ps)
+        return self._digests[ps]
+
+    def infos(self, ps: str) -> dict:
+        if ps not in self._infos:
+            import nbformat
+            from scan import AssignmentInfo
+
+            out = {}
+            for src in sorted((self.course.source / ps).glob("*.ipynb")):
+                release = self.course.release / ps / src.name
+                if not release.exists():
+                    raise GradingError(f"{release} missing: run `tools/grade.py generate`")
+                out[src.stem] = AssignmentInfo.build(
+                    ps, nbformat.read(src, as_version=4), nbformat.read(release, as_version=4))
+            self._infos[ps] = out
+        return self._infos[ps]
+
+
+def read_notebook(path: Path):
+    """(notebook, None) or (None, why it cannot be graded)."""
     import nbformat
 
+    size = path.stat().st_size
+    if size > MAX_NOTEBOOK_MB * 2**20:
+        return None, f"{path.name} is larger than {MAX_NOTEBOOK_MB} MB ({size / 2**20:.0f} MB)"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"{path.name} is not UTF-8 text (byte {exc.start})"
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"{path.name} is not valid JSON ({exc.msg}: line {exc.lineno}, column {exc.colno})"
+    try:
+        with warnings.catch_warnings():  # duplicate cell ids: nbformat fixes them and warns
+            warnings.simplefilter("ignore")
+            nb = nbformat.reads(text, as_version=4)
+            nbformat.validate(nb)
+    except Exception as exc:  # nbformat's reader and validator errors
+        return None, f"{path.name} is not a readable notebook: {type(exc).__name__}: " \
+                     f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    return nb, None
+
+
+# ----------------------------------------------------------------------------- sandbox set-up
+
+_CAPS: dict | None = None
+
+
+def sandbox_caps() -> dict:
+    global _CAPS
+    if _CAPS is None:
+        import sandbox
+
+        _CAPS = sandbox.capabilities() if os.environ.get("FLOWS_SANDBOX", "on") != "off" \
+            else {"landlock": 0, "namespaces": False}
+    return _CAPS
+
+
+def sandbox_text(caps: dict) -> str:
+    parts = ["rlimits"]
+    if caps["landlock"]:
+        extra = "" if caps["landlock"] >= 6 else (" (no signal scoping: ABI < 6)"
+                                                  if caps["landlock"] >= 4 else
+                                                  " (files only: ABI < 4)")
+        parts.append(f"landlock ABI {caps['landlock']}{extra}")
+    else:
+        parts.append("NO landlock: files not confined")
+    parts.append("network+pid namespaces" if caps["namespaces"]
+                 else "NO namespaces: network not isolated")
+    return ", ".join(parts)
+
+
+def _python_read_paths() -> list[str]:
+    """Folders the kernel must read: the interpreter, the venv, flowlib, the system."""
+    import importlib.util
+    import site
+
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.realpath(sys.prefix),
+             os.path.realpath(sys.base_prefix),
+             os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}
+    paths.update(site.getsitepackages())
+    paths.update(os.path.realpath(p) for p in site.getsitepackages())
+    spec = importlib.util.find_spec("flowlib")
+    if spec and spec.submodule_search_locations:
+        paths.update(os.path.realpath(p) for p in spec.submodule_search_locations)
+    system = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/proc", "/sys", "/dev",
+              "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime",
+              "/etc/nsswitch.conf", "/etc/passwd", "/etc/group", "/etc/hosts", "/etc/fonts",
+              "/etc/mime.types", "/etc/alternatives", "/etc/os-release", "/etc/ssl"]
+    # the repository itself is NOT readable (hidden tests, gradebook): only flowlib in it
+    return sorted(p for p in paths if p and p != "/") + system
+
+
+def _write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=1))
+
+
+def make_template(course: Course) -> Path:
+    """A copy of the gradebook holding the assignments only (no student, no submission): the
+    starting gradebook of every private course directory."""
+    course.work.mkdir(parents=True, exist_ok=True)
+    template = course.work / "template.db"
+    tmp = template.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    src = sqlite3.connect(course.db_path)
+    dst = sqlite3.connect(tmp)
+    with dst:
+        src.backup(dst)
+    src.close()
+    for table in ("grade", "comment", "submitted_notebook", "submitted_assignment", "student"):
+        dst.execute(f"DELETE FROM {table}")
+    dst.commit()
+    dst.execute("VACUUM")
+    dst.close()
+    tmp.replace(template)
+    return template
+
+
+def prepare_workdir(course: Course, sub: Submission, notebooks: dict, limits: Limits,
+                    template: Path, caps: dict) -> tuple[Path, dict, dict]:
+    """Private course directory of one submission. Returns (workdir, job, env)."""
+    import nbformat
+
+    course.work.mkdir(parents=True, exist_ok=True)
+    work = Path(os.path.realpath(course.work)) / f"{sub.assignment}__{sub.student}"
+    shutil.rmtree(work, ignore_errors=True)
+    tc = work / "course"
+    sub_dir = tc / "submitted" / sub.student / sub.assignment
+    cwd = tc / "autograded" / sub.student / sub.assignment
+    dirs = {name: work / name for name in ("home", "tmp", "ipython", "mpl", "guard")}
+    jup = work / "jupyter"
+    for d in [sub_dir, tc / "source" / sub.assignment, jup / "config", jup / "runtime",
+              jup / "data" / "kernels" / KERNEL_NAME, *dirs.values()]:
+        d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(template, tc / "gradebook.db")
+    # non-notebook files of the assignment (data), as nbgrader would copy them
+    for p in _files(course.source / sub.assignment):
+        if p.suffix != ".ipynb":
+            dest = tc / "source" / p.relative_to(course.source)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, dest)
+    for p in _files(sub.path):
+        if p.suffix != ".ipynb":
+            dest = sub_dir / p.relative_to(sub.path)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, dest)
+    for name, nb in notebooks.items():
+        nbformat.write(nb, sub_dir / f"{name}.ipynb")
+    # matplotlib's font cache, so that a kernel importing matplotlib does not rebuild it
+    for cache in (REPO / ".cache" / "matplotlib").glob("fontlist-*.json"):
+        shutil.copy(cache, dirs["mpl"])
+
+    kernel_spec = {"memory_mb": limits.memory_mb, "cpu_seconds": int(limits.timeout) + 30,
+                   "file_mb": limits.file_mb,
+                   "read": _python_read_paths() + [str(cwd)] + [str(d) for d in dirs.values()],
+                   "write": [str(cwd), str(dirs["home"]), str(dirs["tmp"]),
+                             str(dirs["ipython"]), str(dirs["mpl"]), "/dev/null"]}
+    run_spec = {"memory_mb": limits.memory_mb, "cpu_seconds": int(limits.timeout) + 60,
+                "file_mb": 256, "write": [str(work), "/dev/null"],
+                "namespaces": caps["namespaces"]}
+    kernel_spec["landlock"] = run_spec["landlock"] = bool(caps["landlock"])
+    _write_json(work / "kernel-sandbox.json", kernel_spec)
+    _write_json(work / "run-sandbox.json", run_spec)
+    _write_json(jup / "data" / "kernels" / KERNEL_NAME / "kernel.json", {
+        "argv": [sys.executable, str(TOOLS / "sandbox.py"), "kernel",
+                 str(work / "kernel-sandbox.json"), "--", sys.executable,
+                 "-Xfrozen_modules=off", "-m", "ipykernel_launcher", "-f",
+                 "{connection_file}"],
+        "display_name": "Python 3 (sandboxed grading kernel)", "language": "python"})
+    job = {"course": str(tc), "student": sub.student, "assignment": sub.assignment,
+           "main_config": str(course.root / "nbgrader_config.py"),
+           "cell_timeout": limits.cell_timeout_for(sub.assignment), "kernel_name": KERNEL_NAME,
+           "report_dir": str(dirs["guard"]), "result": str(work / "result.json"),
+           "log": str(work / "grader.log")}
+    _write_json(work / "job.json", job)
+    env = {
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin",
+                                 "/bin"]),
+        "LANG": os.environ.get("LANG", "C.UTF-8"), "LC_ALL": os.environ.get("LC_ALL", "C.UTF-8"),
+        "HOME": str(dirs["home"]), "TMPDIR": str(dirs["tmp"]), "IPYTHONDIR": str(dirs["ipython"]),
+        "MPLCONFIGDIR": str(dirs["mpl"]), "MPLBACKEND": "Agg",
+        "JUPYTER_CONFIG_DIR": str(jup / "config"), "JUPYTER_DATA_DIR": str(jup / "data"),
+        "JUPYTER_RUNTIME_DIR": str(jup / "runtime"), "JUPYTER_PATH": str(jup / "data"),
+        "JUPYTER_PLATFORM_DIRS": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+        "FLOWLIB_PROGRESS": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
+    }
+    return work, job, env
+
+
+def server_env(course: Course) -> dict:
+    """The fork server's environment: as little of the instructor's as possible (each child
+    gets its submission's own environment before it runs anything)."""
+    home = course.work / "server-home"
+    home.mkdir(parents=True, exist_ok=True)
+    return {"PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin",
+                                     "/usr/bin", "/bin"]),
+            "LANG": os.environ.get("LANG", "C.UTF-8"), "HOME": str(home),
+            "PYTHONDONTWRITEBYTECODE": "1", "JUPYTER_PLATFORM_DIRS": "1",
+            "MPLBACKEND": "Agg"}
+
+
+def _tree_size(folder: Path, cap: int) -> int:
+    total = 0
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+            if total > cap:
+                return total
+    return total
+
+
+def run_sandboxed(work: Path, job: dict, env: dict, limits: Limits) -> tuple[int | None, str]:
+    """Run tools/grade_one.py in the sandbox. (exit status or None, why it was stopped)."""
+    cmd = [sys.executable, str(TOOLS / "sandbox.py"), "run", str(work / "run-sandbox.json"),
+           "--", sys.executable, str(TOOLS / "grade_one.py"), str(work / "job.json")]
+    with open(work / "sandbox.log", "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        t0 = time.monotonic()
+        stopped = ""
+        cap = limits.disk_mb * 2**20
+        while True:
+            try:
+                code = proc.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if time.monotonic() - t0 > limits.timeout:
+                stopped = f"ran past the time limit of {limits.timeout:g} s"
+            elif _tree_size(work, cap) > cap:
+                stopped = f"wrote more than {limits.disk_mb} MB"
+            if stopped:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+                return None, stopped
+    return code, ""
+
+
+class ForkServer:
+    """One warm `grade_one.py --server` process per run; it forks a confined child per
+    submission (see tools/grade_one.py). Thread-safe: worker threads call `run`."""
+
+    def __init__(self, course: Course, env: dict):
+        course.work.mkdir(parents=True, exist_ok=True)
+        self.log = open(course.work / "forkserver.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(TOOLS / "grade_one.py"), "--server"], cwd=course.work, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+            start_new_session=True)
+        self.cond = threading.Condition()
+        self.pids: dict[str, int] = {}
+        self.exits: dict[str, int] = {}
+        self.ready = False
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        with self.cond:
+            self.cond.wait_for(lambda: self.ready or self.proc.poll() is not None, timeout=300)
+        if not self.ready:
+            self.close()
+            raise GradingError("the grading fork server did not start (see "
+                               f"{course.work / 'forkserver.log'})")
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            msg = json.loads(line)
+            with self.cond:
+                if msg.get("ready"):
+                    self.ready = True
+                elif "pid" in msg:
+                    self.pids[msg["job"]] = msg["pid"]
+                elif "exit" in msg:
+                    self.exits[msg["job"]] = msg["exit"]
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(self, work: Path, job: dict, env: dict, limits: Limits) -> tuple[int | None, str]:
+        key = str(work / "job.json")
+        request = {"job": key, "spec": str(work / "run-sandbox.json"), "env": env,
+                   "cwd": str(work), "log": str(work / "sandbox.log")}
+        with self.cond:
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+            self.cond.wait_for(lambda: key in self.pids or not self.alive(), timeout=60)
+            pid = self.pids.pop(key, None)
+        if pid is None:
+            return None, "the grading fork server failed"
+        t0 = time.monotonic()
+        cap = limits.disk_mb * 2**20
+        stopped = ""
+        while True:
+            with self.cond:
+                self.cond.wait_for(lambda: key in self.exits or not self.alive(), timeout=1.0)
+                if key in self.exits:
+                    return (None, stopped) if stopped else (self.exits.pop(key), "")
+                if not self.alive():
+                    return None, "the grading fork server died"
+            if stopped:
+                continue
+            if time.monotonic() - t0 > limits.timeout:
+                stopped = f"ran past the time limit of {limits.timeout:g} s"
+            elif _tree_size(work, cap) > cap:
+                stopped = f"wrote more than {limits.disk_mb} MB"
+            if stopped:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+        except Exception:  # noqa: BLE001 - going away anyway
+            self.proc.kill()
+        self.log.close()
+
+
+def read_scores(db_path: Path, student: str, assignment: str) -> dict | None:
+    """{notebook: {grade_id: [score, max_score]}} from a private gradebook (None if absent)."""
+    if not db_path.exists():
+        return None
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        rows = con.execute(
+            """SELECT notebook.name, base_cell.name, grade.auto_score, grade.manual_score,
+                      grade_cells.max_score
+               FROM grade
+               JOIN submitted_notebook ON grade.notebook_id = submitted_notebook.id
+               JOIN submitted_assignment ON submitted_notebook.assignment_id = submitted_assignment.id
+               JOIN assignment ON submitted_assignment.assignment_id = assignment.id
+               JOIN notebook ON submitted_notebook.notebook_id = notebook.id
+               JOIN base_cell ON grade.cell_id = base_cell.id
+               JOIN grade_cells ON grade_cells.id = base_cell.id
+               WHERE submitted_assignment.student_id = ? AND assignment.name = ?""",
+            (student, assignment)).fetchall()
+    except sqlite3.Error:
+        return None
+    finally:
+        con.close()
+    if not rows:
+        return None
+    out: dict = {}
+    for nb, gid, auto, manual, max_score in rows:
+        score = manual if manual is not None else (auto or 0.0)
+        out.setdefault(nb, {})[gid] = [float(score), float(max_score or 0.0)]
+    return out
+
+
+def grade_submission(course: Course, sub: Submission, limits: Limits, cache: AssignmentCache,
+                     template: Path | None, server: ForkServer | None = None
+                     ) -> tuple[Outcome, Path | None]:
+    """Grade one submission (in a worker thread). Returns the outcome and the private folder
+    holding its results (None when nothing ran); the main thread merges both."""
+    from scan import repair, resemblance, scan, tests_after
+
+    t0 = time.perf_counter()
+    out = Outcome(sub.student, sub.assignment, sub.digest)
+    caps = sandbox_caps()
+    out.sandbox = sandbox_text(caps)
+    out.graded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    def done(reason: str = "") -> tuple[Outcome, Path | None]:
+        out.reason = reason or out.reason
+        out.seconds = round(time.perf_counter() - t0, 2)
+        return out, None
+
     if not ID_RE.match(sub.student):
-        return f"invalid student id {sub.student!r} (letters, digits, _ . @ - only)"
+        return done(f"invalid student id {sub.student!r} (letters, digits, _ . @ - only)")
     if sub.assignment not in course.assignments():
-        return f"unknown assignment {sub.assignment!r} (not in {course.source.name}/)"
-    expected = sorted(p.name for p in (course.source / sub.assignment).glob("*.ipynb"))
-    found = sorted(p.name for p in sub.path.glob("*.ipynb"))
+        return done(f"unknown assignment {sub.assignment!r} (not in {course.source.name}/)")
+    infos = cache.infos(sub.assignment)
+    expected = sorted(f"{n}.ipynb" for n in infos)
+    found = sorted(p.name for p in sub.path.glob("*.ipynb") if not p.is_symlink())
     if not found:
-        return f"no notebook in the submission (expected {', '.join(expected)})"
-    for name in found:
-        try:
-            text = (sub.path / name).read_bytes().decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return f"{name} is not UTF-8 text (byte {exc.start})"
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as exc:
-            return f"{name} is not valid JSON ({exc.msg}: line {exc.lineno}, column {exc.colno})"
-        try:
-            nbformat.reads(text, as_version=4)
-        except Exception as exc:  # nbformat's reader errors: not a notebook, unknown version
-            return f"{name} is not a readable notebook: {type(exc).__name__}: {str(exc)[:200]}"
+        return done(f"no notebook in the submission (expected {', '.join(expected)})")
     missing = sorted(set(expected) - set(found))
     if missing:
-        return f"missing notebook(s): {', '.join(missing)}"
-    return None
+        return done(f"missing notebook(s): {', '.join(missing)} (found {', '.join(found)})")
+    repaired, first_flag = {}, None
+    for name, info in infos.items():
+        nb, problem = read_notebook(sub.path / f"{name}.ipynb")
+        if problem:
+            return done(problem)
+        likeness = {}
+        for other in course.assignments():
+            try:
+                likeness[other] = max(resemblance(nb, i) for i in cache.infos(other).values())
+            except GradingError:  # its student version is not generated: cannot compare
+                pass
+        best = max(likeness, key=lambda k: (likeness[k], k == sub.assignment))
+        nb, notes, flags = repair(nb, info)
+        if best != sub.assignment and likeness[best] > likeness[sub.assignment] and not flags:
+            flags.append(f"looks like a notebook of {best} ({likeness[best]} of its read-only "
+                         f"cells, {likeness[sub.assignment]} of {sub.assignment}'s): not a "
+                         f"notebook of {sub.assignment}")
+        if flags:  # another assignment's notebook: what the repair did to it is noise
+            notes = []
+        out.notes += notes
+        out.flags += flags
+        findings = scan(nb, info)
+        out.flags += [str(f) for f in findings[:6]]
+        if len(findings) > 6:
+            out.flags.append(f"... and {len(findings) - 6} more findings")
+        if first_flag is None and (flags or findings):
+            first_flag = (name, -1 if flags else findings[0].cell)
+        repaired[name] = (nb, info)
+    if template is None:
+        return done("no gradebook template (internal error)")
 
+    work, job, env = prepare_workdir(course, sub, {n: nb for n, (nb, _) in repaired.items()},
+                                     limits, template, caps)
+    if server is not None:
+        code, stopped = server.run(work, job, env, limits)
+    else:
+        code, stopped = run_sandboxed(work, job, env, limits)
+    log = course.logs / f"autograde__{sub.assignment}__{sub.student}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    text = ""
+    for part in ("grader.log", "sandbox.log"):
+        p = work / part
+        if p.exists():
+            text += f"===== {part}\n" + p.read_bytes()[-200_000:].decode("utf-8", "replace")
+    log.write_text(text)
+    out.log = str(log.relative_to(course.root))
+    try:
+        result = json.loads((work / "result.json").read_text())
+    except (OSError, ValueError):
+        result = {}
+    if stopped:
+        return done(f"{stopped}; nothing graded" + (" (see the log)" if text else ""))[0], work
+    if result.get("autograde") != "ok":
+        why = result.get("autograde") or f"the grader process exited {code}"
+        return done(f"nbgrader could not grade it: {error_lines(text) if text else why}")[0], \
+            work
+    cells = read_scores(work / "course" / "gradebook.db", sub.student, sub.assignment)
+    if cells is None:
+        return done("nbgrader produced no scores")[0], work
+    out.cells = cells
+    out.max_score = sum(m for nb in cells.values() for _, m in nb.values())
+    out.autograde_score = sum(s for nb in cells.values() for s, _ in nb.values())
 
-def read_score(course: Course, student: str, assignment: str) -> tuple[float, float] | None:
-    from nbgrader.api import MissingEntry
-
-    with course.gradebook() as gb:
+    # runtime guard: what it zeroed is already 0 in nbgrader's scores; it flags the submission
+    zeroed: set[tuple[str, str]] = set()
+    for name in infos:
         try:
-            sub = gb.find_submission(assignment, student)
-        except MissingEntry:
-            return None
-        return float(sub.score), float(sub.max_score)
+            report = json.loads((work / "guard" / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            report = {"first_violation": "the runtime guard's report is missing", "zeroed": []}
+        if report.get("first_violation"):
+            out.flags.append(f"runtime guard: {report['first_violation']}")
+            zeroed |= {(name, g) for g in report.get("zeroed", [])}
+    if result.get("feedback") != "ok":
+        out.notes.append(f"no feedback: {result.get('feedback')}")
+    # static flags: the tests that ran after the first suspicious cell count 0 until review,
+    # and so do all the tests of the notebooks after it
+    if first_flag is not None:
+        name, cell = first_flag
+        nb, info = repaired[name]
+        zeroed |= {(name, g) for g in tests_after(nb, info, cell)}
+        later = list(infos)[list(infos).index(name) + 1:]
+        zeroed |= {(n, g) for n in later for g in cells.get(n, {})}
+    if out.flags:
+        out.status = "flagged"
+        out.zeroed = sorted(g for n, g in zeroed if g in cells.get(n, {}))
+        out.score = sum(0.0 if (n, g) in zeroed else s
+                        for n, nb_cells in cells.items() for g, (s, _) in nb_cells.items())
+    else:
+        out.status = "graded"
+        out.score = out.autograde_score
+    out.seconds = round(time.perf_counter() - t0, 2)
+    return out, work
 
 
-def clear_outputs_of(course: Course, sub: Submission) -> None:
-    """Remove what an earlier run made of this submission (stale after a failure)."""
-    for folder in (course.autograded, course.feedback):
-        shutil.rmtree(folder / sub.student / sub.assignment, ignore_errors=True)
-
-
-def grade_submission(course: Course, sub: Submission) -> Result:
-    """Autograde one submission in its own `nbgrader autograde` process.
-
-    This is the unit of work: it touches only this student's folders and its own log, so it
-    can later run in a pool of workers, under time and memory limits."""
-    t0 = time.perf_counter()
-    result = Result(sub.student, sub.assignment, "failed")
-    problem = check_submission(course, sub)
-    clear_outputs_of(course, sub)  # what exists after the run was made by this run
-    if problem is None:
-        log = course.logs / f"autograde__{sub.assignment}__{sub.student}.log"
-        result.log = str(log.relative_to(course.root))
-        proc = run_nbgrader(course, ["autograde", sub.assignment, "--student", sub.student,
-                                     "--force"], log=log)
-        outputs = [course.autograded / sub.student / sub.assignment / p.name
-                   for p in sub.path.glob("*.ipynb")]
-        score = read_score(course, sub.student, sub.assignment)
-        if proc.returncode != 0:
-            problem = f"nbgrader autograde exited {proc.returncode}: {error_lines(proc.stdout)}"
-        elif not all(p.exists() for p in outputs) or score is None:
-            problem = f"nbgrader autograde produced no graded notebook: {error_lines(proc.stdout)}"
-        else:
-            result.status = "graded"
-            result.score, result.max_score = score
-    if problem is not None:
-        result.message = problem
-        clear_outputs_of(course, sub)  # nothing half-made is left for feedback
-    result.seconds = round(time.perf_counter() - t0, 2)
-    return result
+# ----------------------------------------------------------------------------- merging
 
 
 def load_status(course: Course) -> dict[str, dict]:
@@ -352,10 +890,136 @@ def save_status(course: Course, status: dict[str, dict]) -> None:
     tmp.replace(course.status_file)
 
 
+def _remove(dest: Path) -> None:
+    """Remove a <student>/<assignment> folder, and the student's folder if left empty."""
+    shutil.rmtree(dest, ignore_errors=True)
+    try:
+        dest.parent.rmdir()
+    except OSError:  # not empty, or not there
+        pass
+
+
+def _replace_files(src: Path | None, dest: Path, pattern: str) -> None:
+    _remove(dest)
+    if src is None or not src.is_dir():
+        return
+    files = [p for p in src.glob(pattern) if p.is_file() and not p.is_symlink()]
+    if files:
+        dest.mkdir(parents=True, exist_ok=True)
+        for p in files:
+            shutil.copy(p, dest / p.name)
+
+
+def write_gradebook(gb, out: Outcome) -> None:
+    """Put one outcome into the main gradebook (the main thread is its only writer)."""
+    from nbgrader.api import MissingEntry
+
+    gb.update_or_create_student(out.student)
+    try:
+        gb.remove_submission(out.assignment, out.student)
+    except MissingEntry:
+        pass
+    if out.status == "failed":
+        return
+    gb.add_submission(out.assignment, out.student)
+    zeroed = set(out.zeroed) if out.status == "flagged" else set()
+    for nb_name, cells in out.cells.items():
+        for gid, (score, _) in cells.items():
+            grade = gb.find_grade(gid, nb_name, out.assignment, out.student)
+            grade.auto_score = 0.0 if gid in zeroed else score
+            grade.manual_score = None
+            grade.needs_manual_grade = gid in zeroed
+        snb = gb.find_submission_notebook(nb_name, out.assignment, out.student)
+        snb.flagged = out.status == "flagged"
+    gb.db.commit()
+
+
+def merge(course: Course, gb, out: Outcome, work: Path | None, status: dict) -> None:
+    """Record one outcome: gradebook, autograded notebook, feedback, status, ledger."""
+    previous = status.get(out.key)
+    if previous and previous.get("review") and previous.get("hash") == out.hash \
+            and out.status == "flagged":
+        apply_review(out, previous["review"])
+    write_gradebook(gb, out)
+    rel = Path(out.student) / out.assignment
+    tc = work / "course" if work else None
+    names = "*.ipynb"
+    _replace_files(tc / "autograded" / rel if tc and out.status != "failed" else None,
+                   course.autograded / rel, names)
+    fb = tc / "feedback" / rel if tc and out.status != "failed" else None
+    _replace_files(fb if out.status == "graded" else None, course.feedback / rel, "*.html")
+    _replace_files(fb if out.status == "flagged" else None, course.withheld / rel, "*.html")
+    status[out.key] = asdict(out)
+    save_status(course, status)
+    with open(course.ledger, "a") as fh:
+        fh.write(json.dumps({"key": out.key, "hash": out.hash, "status": out.status,
+                             "score": out.score, "at": out.graded_at}) + "\n")
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def apply_review(out: Outcome, review: dict) -> None:
+    """A flagged outcome settled by the instructor: accept (nbgrader's scores; what the runtime
+    guard zeroed stays 0) or zero (every part 0)."""
+    out.review = review
+    if review["decision"] == "accept":
+        out.score = out.autograde_score or 0.0
+    else:
+        out.score = 0.0
+        out.zeroed = [g for cells in out.cells.values() for g in cells]
+        for cells in out.cells.values():
+            for g in cells:
+                cells[g] = [0.0, cells[g][1]]
+    if review["decision"] == "accept":
+        out.zeroed = []
+    out.status = "graded"
+
+
+# ----------------------------------------------------------------------------- autograde
+
+
+@dataclass
+class RunSummary:
+    results: list = field(default_factory=list)
+    unchanged: list = field(default_factory=list)
+    seconds: float = 0.0
+    workers: int = 1
+
+    def count(self, what: str) -> list:
+        if what == "zero":
+            return [o for o in self.results if o.status == "graded" and o.score == 0]
+        if what == "graded":
+            return [o for o in self.results if o.status == "graded" and o.score > 0]
+        return [o for o in self.results if o.status == what]
+
+
 def autograde(course: Course, assignments: list[str] | None = None,
-              students: list[str] | None = None) -> list[Result]:
-    """Grade every submission, one process each, printing one line per submission."""
+              students: list[str] | None = None, limits: Limits | None = None,
+              force: bool = False, retry_failed: bool = False, quiet: bool = False
+              ) -> RunSummary:
+    """Grade every (changed) submission, `limits.workers` at a time; merge serially. One run
+    at a time per course (a lock file in grading/)."""
+    limits = limits or Limits()
     course.prepare()
+    lock = open(course.grading / ".lock", "w")
+    try:
+        import fcntl
+
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise GradingError(f"another autograde is running on {course.grading} (one at a time)")
+    try:
+        return _autograde(course, assignments, students, limits, force, retry_failed, quiet)
+    finally:
+        lock.close()
+
+
+def _autograde(course: Course, assignments, students, limits: Limits, force: bool,
+               retry_failed: bool, quiet: bool) -> RunSummary:
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    summary = RunSummary(workers=limits.resolved_workers())
     subs = find_submissions(course, assignments, students)
     if not subs:
         where = f"{course.submitted.relative_to(course.root)}/"
@@ -363,22 +1027,98 @@ def autograde(course: Course, assignments: list[str] | None = None,
                         for v in vs or [])
         print(f"autograde: no submission under {where}" + (f" matching {only}" if only else ""),
               flush=True)
-        return []
+        return summary
+    cache = AssignmentCache(course)
     status = load_status(course)
-    results = []
-    width = len(str(len(subs)))
-    for i, sub in enumerate(subs, 1):
-        print(f"[{i:>{width}}/{len(subs)}] {sub.assignment} {sub.student:<16} ", end="",
-              flush=True)
-        res = grade_submission(course, sub)
-        results.append(res)
-        status[sub.key] = asdict(res)
-        save_status(course, status)
-        if res.status == "graded":
-            print(f"{res.score:g} / {res.max_score:g}  ({res.seconds:.1f} s)", flush=True)
-        else:
-            print(f"FAILED ({res.seconds:.1f} s): {res.message}", flush=True)
-    return results
+    todo = []
+    for sub in subs:
+        known = sub.assignment in course.assignments()
+        sub.digest = submission_digest(sub, cache.digest(sub.assignment) if known else "")
+        last = status.get(sub.key)
+        same = last and last.get("hash") == sub.digest and not force and \
+            not (retry_failed and last.get("status") == "failed")
+        (summary.unchanged if same else todo).append(sub)
+    with course.gradebook() as gb:
+        names = {a.name for a in gb.assignments}
+    needed = {s.assignment for s in todo if s.assignment in course.assignments()}
+    if needed - names:
+        raise GradingError(f"assignment(s) {', '.join(sorted(needed - names))} not in the "
+                           "gradebook: run `tools/grade.py generate` first")
+    template = make_template(course) if todo else None
+    caps = sandbox_caps()
+    if not quiet:
+        print(f"autograde: {len(todo)} submission(s) to grade, {len(summary.unchanged)} "
+              f"unchanged (skipped); {summary.workers} worker(s); limits: "
+              f"{limits.timeout:g} s per submission, {limits.cell_timeout} s per cell"
+              + "".join(f" ({v} s for {k})" for k, v in sorted(limits.cell_timeouts.items()))
+              + ", "
+              f"{limits.memory_mb} MB per process; sandbox: {sandbox_text(caps)}", flush=True)
+    width = len(str(len(todo)))
+    stop = threading.Event()
+
+    def work(sub: Submission):
+        if stop.is_set():
+            return Outcome(sub.student, sub.assignment, sub.digest,
+                           reason="interrupted before grading"), None
+        try:
+            return grade_submission(course, sub, limits, cache, template, server)
+        except Exception as exc:  # a bug or a setup problem: that submission fails, not the run
+            out = Outcome(sub.student, sub.assignment, sub.digest,
+                          reason=f"grader error: {type(exc).__name__}: {exc}"[:500])
+            return out, None
+
+    server = None
+    if todo and os.environ.get("FLOWS_FORKSERVER", "1") != "0":
+        server = ForkServer(course, server_env(course))
+    bar = tqdm(total=len(todo), desc="autograde", unit="sub", file=sys.stderr,
+               disable=quiet or not todo, dynamic_ncols=True)
+    done = 0
+    try:
+        with course.gradebook() as gb, cf.ThreadPoolExecutor(summary.workers) as pool:
+            futures = {pool.submit(work, sub): sub for sub in todo}
+            try:
+                for fut in cf.as_completed(futures):
+                    out, wdir = fut.result()
+                    merge(course, gb, out, wdir, status)
+                    summary.results.append(out)
+                    done += 1
+                    bar.update(1)
+                    if not quiet:
+                        score = (f"{out.score:g} / {out.max_score:g}" if out.max_score is not None
+                                 else "-")
+                        extra = f": {out.note_text()}" if out.status != "graded" else ""
+                        bar.write(f"[{done:>{width}}/{len(todo)}] {out.assignment} "
+                                  f"{out.student:<16} {score:>9}  {out.status}"
+                                  f" ({out.seconds:.1f} s){extra}", file=sys.stdout)
+            except KeyboardInterrupt:
+                stop.set()
+                raise
+    finally:
+        bar.close()
+        if server is not None:
+            server.close()
+    summary.seconds = round(time.perf_counter() - t0, 2)
+    shutil.rmtree(course.work, ignore_errors=True)
+    return summary
+
+
+def print_summary(summary: RunSummary) -> None:
+    n = len(summary.results)
+    print(f"autograde: {n} submission(s) graded in {summary.seconds:.1f} s with "
+          f"{summary.workers} worker(s); {len(summary.unchanged)} unchanged, skipped "
+          "(--force to grade them again)")
+    for what, text in (("graded", "graded (score > 0)"), ("zero", "graded, score 0"),
+                       ("flagged", "flagged for review"), ("failed", "failed to run")):
+        print(f"  {len(summary.count(what)):>4}  {text}")
+    for what in ("flagged", "failed"):
+        rows = summary.count(what)
+        if rows:
+            print(f"{what}:")
+            for o in sorted(rows, key=lambda o: o.key):
+                print(f"  {o.key}: {o.note_text()}")
+    if summary.count("flagged"):
+        print("settle flagged submissions with: tools/grade.py review STUDENT ASSIGNMENT "
+              "accept|zero [--note TEXT]")
 
 
 # ----------------------------------------------------------------------------- feedback
@@ -386,76 +1126,77 @@ def autograde(course: Course, assignments: list[str] | None = None,
 
 def feedback(course: Course, assignments: list[str] | None = None,
              students: list[str] | None = None) -> list[str]:
-    """HTML feedback for every autograded submission (hidden tests removed by the config).
+    """Re-make HTML feedback from the main gradebook (after manual grading): nbgrader's
+    generate_feedback (hidden tests removed by the config); flagged submissions stay withheld.
     Returns the problems found (empty when all went well)."""
     course.prepare()
+    status = load_status(course)
     problems = []
     for ps in assignments or course.assignments():
         graded = sorted(p.parent.name for p in course.autograded.glob(f"*/{ps}")
                         if p.is_dir() and (not students or p.parent.name in students))
-        if not graded:
-            continue
-        args = ["generate_feedback", ps, "--force"]
-        if students:
-            if len(graded) != 1:
-                # nbgrader's --student is a single id (a glob); run one process per student
-                for s in graded:
-                    problems += feedback(course, [ps], [s])
-                continue
-            args += ["--student", graded[0]]
-        t0 = time.perf_counter()
-        log = course.logs / f"feedback__{ps}{'__' + students[0] if students else ''}.log"
-        proc = run_nbgrader(course, args, log=log)
-        missing = [s for s in graded
-                   if not list((course.feedback / s / ps).glob("*.html"))]
-        if proc.returncode != 0 or missing:
-            problems.append(f"feedback {ps}: {error_lines(proc.stdout)}; no feedback for "
-                            f"{', '.join(missing) or '-'} (log: {log})")
-        print(f"feedback {ps}: {len(graded) - len(missing)} student(s) in "
-              f"{course.feedback.relative_to(course.root)}/<student>/{ps}/ "
-              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+        for s in graded:
+            log = course.logs / f"feedback__{ps}__{s}.log"
+            proc = run_nbgrader(course, ["generate_feedback", ps, "--student", s, "--force"],
+                                log=log)
+            made = list((course.feedback / s / ps).glob("*.html"))
+            if proc.returncode != 0 or not made:
+                problems.append(f"feedback {s}/{ps}: {error_lines(proc.stdout)} (log: {log})")
+            if status.get(f"{s}/{ps}", {}).get("status") == "flagged":
+                _replace_files(course.feedback / s / ps, course.withheld / s / ps, "*.html")
+                _remove(course.feedback / s / ps)
+            else:
+                for extra in (course.feedback / s / ps).glob("*"):
+                    if extra.suffix != ".html":  # only the HTML goes to the student
+                        shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
+        print(f"feedback {ps}: {len(graded)} student(s)", flush=True)
     return problems
 
 
 # ----------------------------------------------------------------------------- export
 
 
-CSV_FIELDS = ["student", "assignment", "score", "max_score", "status", "note"]
+CSV_FIELDS = ["student", "assignment", "score", "max_score", "status", "note",
+              "autograde_score"]
 
 
 def export(course: Course) -> list[dict]:
-    """Write grading/grades.csv: one row per student x assignment, from the gradebook and the
-    outcome of the last autograde (status.json). status: graded, failed or missing."""
-    from nbgrader.api import MissingEntry
-
+    """grading/grades.csv: one row per student x assignment. status: graded, flagged (score
+    counts the unaffected parts only, until review), failed (0, the reason in note), missing
+    (nothing submitted) or ungraded (submitted, not graded yet)."""
     course.prepare()
     status = load_status(course)
-    rows = []
+    cache = AssignmentCache(course)
+    subs = {s.key: s for s in find_submissions(course)}
+    assignments = course.assignments()
+    max_scores = {}
     with course.gradebook() as gb:
-        assignments = sorted({a.name for a in gb.assignments} | set(course.assignments()))
-        students = sorted({s.id for s in gb.students} | {v["student"] for v in status.values()})
-        max_scores = {}
-        for ps in assignments:
-            try:
-                max_scores[ps] = float(gb.find_assignment(ps).max_score)
-            except MissingEntry:
-                max_scores[ps] = None
-        for ps in assignments:
-            for student in students:
-                row = {"student": student, "assignment": ps, "score": 0.0,
-                       "max_score": max_scores[ps], "status": "missing", "note": ""}
-                last = status.get(f"{student}/{ps}")
-                if last and last["status"] == "failed":
-                    row.update(status="failed", note=last["message"])
-                else:
-                    try:
-                        sub = gb.find_submission(ps, student)
-                    except MissingEntry:
-                        pass
-                    else:
-                        row.update(score=float(sub.score), max_score=float(sub.max_score),
-                                   status="graded")
-                rows.append(row)
+        for a in gb.assignments:
+            max_scores[a.name] = float(a.max_score)
+        gb_students = {s.id for s in gb.students}
+    students = sorted(gb_students | {s.student for s in subs.values()}
+                      | {v["student"] for v in status.values()})
+    rows = []
+    for ps in assignments:
+        for student in students:
+            key = f"{student}/{ps}"
+            row = {"student": student, "assignment": ps, "score": 0.0,
+                   "max_score": max_scores.get(ps), "status": "missing", "note": "",
+                   "autograde_score": None}
+            last = status.get(key)
+            sub = subs.get(key)
+            if sub is not None:
+                sub.digest = submission_digest(sub, cache.digest(ps))
+            if sub is not None and (not last or last.get("hash") != sub.digest):
+                row["status"] = "ungraded"
+                row["note"] = "changed since last graded" if last else "not graded yet"
+            elif last and sub is not None:
+                out = Outcome.from_dict(last)
+                row.update(score=out.score, status=out.status, note=out.note_text(),
+                           autograde_score=out.autograde_score)
+                if out.max_score is not None:
+                    row["max_score"] = out.max_score
+            rows.append(row)
     tmp = course.grades_csv.with_suffix(".tmp")
     with open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
@@ -463,7 +1204,9 @@ def export(course: Course) -> list[dict]:
         for row in rows:
             writer.writerow({**row, "score": f"{row['score']:g}",
                              "max_score": "" if row["max_score"] is None
-                             else f"{row['max_score']:g}"})
+                             else f"{row['max_score']:g}",
+                             "autograde_score": "" if row["autograde_score"] is None
+                             else f"{row['autograde_score']:g}"})
     tmp.replace(course.grades_csv)
     return rows
 
@@ -478,8 +1221,40 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         score = (f"{r['score']:g} / {r['max_score']:g}" if r["max_score"] is not None
                  else f"{r['score']:g}")
-        note = f"  ({r['note']})" if r["note"] else ""
+        note = r["note"]
+        note = f"  ({note[:120]}{'...' if len(note) > 120 else ''})" if note else ""
         print(f"{r['student']:<{ws}}  {r['assignment']:<{wa}}  {score:>13}  {r['status']}{note}")
+
+
+# ----------------------------------------------------------------------------- review
+
+
+def review(course: Course, student: str, assignment: str, decision: str, note: str = "") -> int:
+    """Settle a flagged submission: accept nbgrader's scores, or zero every part."""
+    status = load_status(course)
+    key = f"{student}/{assignment}"
+    if key not in status:
+        raise GradingError(f"{key} has not been graded")
+    out = Outcome.from_dict(status[key])
+    if out.status != "flagged" and not out.review:
+        raise GradingError(f"{key} is {out.status}, not flagged: nothing to review")
+    if out.review:  # reviewing again: start from the flagged outcome
+        raise GradingError(f"{key} was already reviewed ({out.review['decision']}); "
+                           "`autograde --force -s` grades it again")
+    apply_review(out, {"decision": decision, "note": note,
+                       "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    with course.gradebook() as gb:
+        write_gradebook(gb, out)
+    status[key] = asdict(out)
+    save_status(course, status)
+    # the feedback is made again from the gradebook, so that it shows the settled scores
+    _remove(course.withheld / student / assignment)
+    problems = feedback(course, [assignment], [student])
+    export(course)
+    print(f"{key}: {decision} -> {out.score:g} / {out.max_score:g}; feedback released")
+    for p in problems:
+        print(f"PROBLEM {p}")
+    return 1 if problems else 0
 
 
 # ----------------------------------------------------------------------------- all
@@ -496,7 +1271,11 @@ def copy_demo_class(course: Course, demo: Path = DEMO_CLASS) -> int:
     return len(students)
 
 
-def run_all(course: Course, assignments=None, students=None, demo: bool = True) -> int:
+def run_all(course: Course, assignments=None, students=None, demo: bool = True,
+            limits: Limits | None = None, force: bool = False, retry_failed: bool = False
+            ) -> int:
+    import grading_report
+
     t0 = time.perf_counter()
     generate(course)
     if demo:
@@ -504,25 +1283,38 @@ def run_all(course: Course, assignments=None, students=None, demo: bool = True) 
         if n:
             print(f"{course.submitted.relative_to(course.root)}/ was empty: copied the demo "
                   f"class ({n} students) from {DEMO_CLASS.relative_to(REPO)}/", flush=True)
-    results = autograde(course, assignments, students)
-    problems = feedback(course, assignments, students)
+    summary = autograde(course, assignments, students, limits, force, retry_failed)
     rows = export(course)
+    written = grading_report.write_reports(course, rows, load_status(course), summary)
     print()
     print_table(rows)
     print()
-    failed = [r for r in results if r.status == "failed"]
-    for r in failed:
-        print(f"FAILED {r.student}/{r.assignment}: {r.message}")
-    for p in problems:
-        print(f"PROBLEM {p}")
+    print_summary(summary)
     print(f"grades:   {course.grades_csv}")
-    print(f"feedback: {course.feedback}/<student>/<assignment>/")
-    print(f"{len(results)} submission(s), {len(failed)} failed, "
-          f"{time.perf_counter() - t0:.1f} s in all")
-    return 1 if failed or problems else 0
+    print(f"feedback: {course.feedback}/<student>/<assignment>/ (flagged: {course.withheld}/)")
+    print(f"reports:  {', '.join(str(p) for p in written)}")
+    print(f"{time.perf_counter() - t0:.1f} s in all")
+    return 1 if summary.count("failed") else 0
 
 
 # ----------------------------------------------------------------------------- CLI
+
+
+def _limits(args) -> Limits:
+    default, per = Limits().cell_timeout, {}
+    for item in args.cell_timeout or []:
+        ps, _, value = item.rpartition("=")
+        try:
+            seconds = int(value)
+        except ValueError:
+            raise GradingError(f"--cell-timeout {item!r}: expected SECONDS or ASSIGNMENT=SECONDS")
+        if ps:
+            per[ps] = seconds
+        else:
+            default = seconds
+    return Limits(workers=args.workers, timeout=args.timeout, cell_timeout=default,
+                  cell_timeouts=per,
+                  memory_mb=args.memory)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -533,16 +1325,38 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("generate", help="solutions/ -> exercises/ (always --force: idempotent)")
     for name, text in [("autograde", "grade grading/submitted/<student>/<ps>/"),
-                       ("feedback", "HTML feedback from grading/autograded/"),
+                       ("feedback", "HTML feedback again, from the gradebook"),
                        ("all", "generate, demo class if nothing submitted, autograde, "
-                               "feedback, export")]:
+                               "export, report")]:
         p = sub.add_parser(name, help=text)
         p.add_argument("-a", "--assignment", action="append", help="only this assignment")
         p.add_argument("-s", "--student", action="append", help="only this student")
+        if name in ("autograde", "all"):
+            d = Limits()
+            p.add_argument("--workers", "-j", type=int, default=0,
+                           help="submissions graded at once (default: number of CPUs)")
+            p.add_argument("--timeout", type=float, default=d.timeout,
+                           help="wall clock seconds per submission (default: %(default)s)")
+            p.add_argument("--cell-timeout", action="append", metavar="[PS=]SECONDS",
+                           help=f"seconds per notebook cell (default: {d.cell_timeout}); "
+                                "PS=SECONDS for one assignment (repeatable)")
+            p.add_argument("--memory", type=int, default=d.memory_mb,
+                           help="MB of address space per process (default: %(default)s)")
+            p.add_argument("--force", action="store_true",
+                           help="grade unchanged submissions again")
+            p.add_argument("--retry-failed", action="store_true",
+                           help="grade unchanged submissions that failed again")
         if name == "all":
             p.add_argument("--no-demo", action="store_true",
                            help="do not copy the demo class into an empty grading/submitted/")
     sub.add_parser("export", help="write grading/grades.csv")
+    sub.add_parser("report", help="write grading/reports/")
+    sub.add_parser("sandbox", help="print what confinement this machine allows")
+    p = sub.add_parser("review", help="settle a flagged submission")
+    p.add_argument("student")
+    p.add_argument("assignment")
+    p.add_argument("decision", choices=["accept", "zero"])
+    p.add_argument("--note", default="")
     args = parser.parse_args(argv)
 
     os.environ.update(tool_env(args.root.resolve()))  # for in-process Gradebook (alembic)
@@ -551,9 +1365,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "generate":
             generate(course)
             return 0
+        if args.command == "sandbox":
+            caps = sandbox_caps()
+            print(f"sandbox: {sandbox_text(caps)}")
+            return 0
         if args.command == "autograde":
-            results = autograde(course, args.assignment, args.student)
-            return 1 if any(r.status == "failed" for r in results) else 0
+            summary = autograde(course, args.assignment, args.student, _limits(args),
+                                args.force, args.retry_failed)
+            print_summary(summary)
+            return 1 if summary.count("failed") else 0
         if args.command == "feedback":
             problems = feedback(course, args.assignment, args.student)
             for p in problems:
@@ -564,7 +1384,17 @@ def main(argv: list[str] | None = None) -> int:
             print_table(rows)
             print(f"grades: {course.grades_csv}")
             return 0
-        return run_all(course, args.assignment, args.student, demo=not args.no_demo)
+        if args.command == "report":
+            import grading_report
+
+            rows = export(course)
+            for p in grading_report.write_reports(course, rows, load_status(course)):
+                print(f"wrote {p}")
+            return 0
+        if args.command == "review":
+            return review(course, args.student, args.assignment, args.decision, args.note)
+        return run_all(course, args.assignment, args.student, demo=not args.no_demo,
+                       limits=_limits(args), force=args.force, retry_failed=args.retry_failed)
     except GradingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
