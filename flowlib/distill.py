@@ -36,7 +36,7 @@ from .autoregressive import MaskedAutoregressive
 from .bijection import Compose, Inverse
 from .data import Estimate
 from .distributions import Flow, StandardNormal
-from .train import History, _progress_enabled, device
+from .train import History, _optimizer, _progress_enabled, _update, device
 
 __all__ = ["kl_samples", "kl_estimate", "gaussian_kl", "gaussian_ar_kl", "distill"]
 
@@ -188,13 +188,7 @@ def distill(student: nn.Module, teacher: nn.Module, steps: int = 1000, batch_siz
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
         raise ValueError("distill: the student has no trainable parameters")
-    opt = torch.optim.Adam(params, lr=lr)
-    if schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    elif schedule == "constant":
-        sched = None
-    else:
-        raise ValueError(f"distill: schedule must be 'cosine' or 'constant', got {schedule!r}")
+    opt, sched = _optimizer(params, lr, steps, schedule, "distill")
 
     # Freeze the teacher: gradients still flow *through* its log-density into the samples, but
     # none accumulate in its parameters (and eval mode fixes e.g. batch-norm statistics).
@@ -215,13 +209,7 @@ def distill(student: nn.Module, teacher: nn.Module, steps: int = 1000, batch_siz
                 raise FloatingPointError(
                     f"distill: the KL estimate is {value} at step {step}; parameters kept from "
                     f"step {step - 1}. Try a lower learning rate.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip is not None:
-                nn.utils.clip_grad_norm_(params, clip)
-            opt.step()
-            if sched is not None:
-                sched.step()
+            _update(loss, opt, sched, params, clip)
             hist.loss.append(value)
             if step % 50 == 0:
                 bar.set_postfix(kl=f"{value:.3f}")

@@ -138,6 +138,29 @@ def _batches(data: Any, batch_size: int, dev: torch.device,
                     f"callable batch_size -> tensor; got {type(data).__name__}")
 
 
+def _optimizer(params: list[nn.Parameter], lr: float, steps: int, schedule: str, who: str,
+               weight_decay: float = 0.0):
+    """Adam and its learning-rate schedule, shared by ``fit`` and ``distill``."""
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if schedule == "cosine":
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    if schedule == "constant":
+        return opt, None
+    raise ValueError(f"{who}: schedule must be 'cosine' or 'constant', got {schedule!r}")
+
+
+def _update(loss: Tensor, opt: torch.optim.Optimizer, sched, params: list[nn.Parameter],
+            clip: float | None) -> None:
+    """One gradient step: backward, optional norm clipping, Adam, schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    if sched is not None:
+        sched.step()
+
+
 def _global_mean(v: Tensor, world: int) -> float:
     if world > 1:
         import torch.distributed as dist
@@ -187,13 +210,7 @@ def fit(flow: nn.Module, data: Any, steps: int = 1000, batch_size: int = 256, lr
     params = [p for p in flow.parameters() if p.requires_grad]
     if not params:
         raise ValueError("fit: the flow has no trainable parameters")
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    elif schedule == "constant":
-        sched = None
-    else:
-        raise ValueError(f"fit: schedule must be 'cosine' or 'constant', got {schedule!r}")
+    opt, sched = _optimizer(params, lr, steps, schedule, "fit", weight_decay)
     rank, world = _distributed()
     if batch_size % world:
         raise ValueError(f"fit: batch_size {batch_size} must be divisible by the {world} processes")
@@ -233,13 +250,7 @@ def fit(flow: nn.Module, data: Any, steps: int = 1000, batch_size: int = 256, lr
                 f"fit: the loss is {value} at step {step} (last finite loss "
                 f"{hist.loss[-1] if hist.loss else 'none'}); parameters kept from step {step - 1}. "
                 "Try a lower learning rate or gradient clipping.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip is not None:
-            nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
-        if sched is not None:
-            sched.step()
+        _update(loss, opt, sched, params, clip)
         hist.loss.append(value)
         if val_data is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
             from .metrics import nll
