@@ -15,6 +15,22 @@ from .bijection import Bijection, check_input
 __all__ = ["BatchNormFlow", "ActNorm"]
 
 
+
+def _reduce_dims(v: Tensor, features: int, name: str) -> tuple[int, ...]:
+    """Check a ``[B, C]`` or ``[B, C, H, W]`` input with ``features`` channels and return the
+    dimensions that per-channel statistics reduce over."""
+    check_input(v, ndim=(2, 4), name=name, finite=False)
+    if v.shape[1] != features:
+        raise ValueError(f"{name}: expected {features} features in dimension 1, "
+                         f"got shape {tuple(v.shape)}")
+    return (0,) if v.dim() == 2 else (0, 2, 3)
+
+
+def _per_channel(p: Tensor, v: Tensor) -> Tensor:
+    """A per-channel vector shaped to broadcast against ``v`` (vectors or images)."""
+    return p if v.dim() == 2 else p[:, None, None]
+
+
 class BatchNormFlow(Bijection):
     r"""Batch normalization as a flow layer, normalizing per feature (dimension 1: the
     coordinates of ``[B, D]``, the channels of ``[B, C, H, W]``, statistics over the batch and the
@@ -55,14 +71,9 @@ class BatchNormFlow(Bijection):
         self.register_buffer("running_var", torch.ones(self.features))
 
     def _check(self, v: Tensor, name: str) -> tuple[int, ...]:
-        check_input(v, ndim=(2, 4), name=name, finite=False)
-        if v.shape[1] != self.features:
-            raise ValueError(f"{name}: expected {self.features} features in dimension 1, "
-                             f"got shape {tuple(v.shape)}")
-        return (0,) if v.dim() == 2 else (0, 2, 3)
+        return _reduce_dims(v, self.features, name)
 
-    def _view(self, p: Tensor, v: Tensor) -> Tensor:
-        return p if v.dim() == 2 else p[:, None, None]
+    _view = staticmethod(_per_channel)
 
     def _ladj(self, var: Tensor, v: Tensor) -> Tensor:
         """log-det of the normalizing direction, per sample."""
@@ -142,14 +153,9 @@ class ActNorm(Bijection):
         self.register_buffer("initialized", torch.tensor(False))
 
     def _check(self, v: Tensor, name: str) -> tuple[int, ...]:
-        check_input(v, ndim=(2, 4), name=name, finite=False)
-        if v.shape[1] != self.features:
-            raise ValueError(f"{name}: expected {self.features} features in dimension 1, "
-                             f"got shape {tuple(v.shape)}")
-        return (0,) if v.dim() == 2 else (0, 2, 3)
+        return _reduce_dims(v, self.features, name)
 
-    def _view(self, p: Tensor, v: Tensor) -> Tensor:
-        return p if v.dim() == 2 else p[:, None, None]
+    _view = staticmethod(_per_channel)
 
     def _ladj(self, v: Tensor) -> Tensor:
         pixels = 1 if v.dim() == 2 else v.shape[2] * v.shape[3]
