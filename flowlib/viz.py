@@ -18,6 +18,16 @@ def _plt():
     return plt
 
 
+def _square_panel(ax, title: str | None):
+    """Equal axes without ticks: a 2-D density panel."""
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    return ax
+
+
 def grid2d(bounds: tuple[float, float], n: int = 200) -> tuple[Tensor, np.ndarray, np.ndarray]:
     """An ``n x n`` grid over ``bounds`` as points ``[n*n, 2]`` plus the mesh for plotting."""
     t = np.linspace(bounds[0], bounds[1], n)
@@ -37,12 +47,7 @@ def plot_density(log_prob: Callable[[Tensor], Tensor], bounds: tuple[float, floa
     lp = torch.cat([log_prob(p).float().cpu() for p in pts.split(20_000)])
     dens = torch.exp(lp).nan_to_num(0.0).reshape(n, n).numpy()
     ax.pcolormesh(xx, yy, dens, cmap=cmap, shading="auto")
-    ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title)
-    return ax
+    return _square_panel(ax, title)
 
 
 def plot_samples(x: Tensor, bounds: tuple[float, float] = (-4, 4), ax=None,
@@ -52,12 +57,7 @@ def plot_samples(x: Tensor, bounds: tuple[float, float] = (-4, 4), ax=None,
     ax = ax or plt.gca()
     x = x.detach().float().cpu().numpy()
     ax.hist2d(x[:, 0], x[:, 1], bins=bins, range=[bounds, bounds], cmap=cmap)
-    ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title)
-    return ax
+    return _square_panel(ax, title)
 
 
 def compare_densities(density, flow, n_samples: int = 20_000, n: int = 200, title: str = "",

@@ -592,6 +592,14 @@ def server_env(course: Course) -> dict:
             "MPLBACKEND": "Agg"}
 
 
+def _limit_reached(t0: float, limits, work, cap: int) -> str:
+    """Why a running submission must be stopped ('' while it is within its limits)."""
+    if time.monotonic() - t0 > limits.timeout:
+        return f"ran past the time limit of {limits.timeout:g} s"
+    if _tree_size(work, cap) > cap:
+        return f"wrote more than {limits.disk_mb} MB"
+    return ""
+
 def _tree_size(folder: Path, cap: int) -> int:
     total = 0
     for dirpath, _, filenames in os.walk(folder):
@@ -621,10 +629,7 @@ def run_sandboxed(work: Path, job: dict, env: dict, limits: Limits) -> tuple[int
                 break
             except subprocess.TimeoutExpired:
                 pass
-            if time.monotonic() - t0 > limits.timeout:
-                stopped = f"ran past the time limit of {limits.timeout:g} s"
-            elif _tree_size(work, cap) > cap:
-                stopped = f"wrote more than {limits.disk_mb} MB"
+            stopped = _limit_reached(t0, limits, work, cap)
             if stopped:
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -699,10 +704,7 @@ class ForkServer:
                     return None, "the grading fork server died"
             if stopped:
                 continue
-            if time.monotonic() - t0 > limits.timeout:
-                stopped = f"ran past the time limit of {limits.timeout:g} s"
-            elif _tree_size(work, cap) > cap:
-                stopped = f"wrote more than {limits.disk_mb} MB"
+            stopped = _limit_reached(t0, limits, work, cap)
             if stopped:
                 try:
                     os.killpg(pid, signal.SIGKILL)
