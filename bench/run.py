@@ -3,16 +3,25 @@
     python bench/run.py                 # every benchmark at its full budget (make bench)
     python bench/run.py --only maf --steps 500 --seeds 1    # a quick look
 
-Libraries are run in alternation (A B C D, then the next round in rotated order), so that a
-machine that slows down for a while does not decide the comparison; we report medians and
-per-round A/B ratios. Results go to bench/results/<benchmark>.json and bench/results/table.md,
-which the book includes as its appendix.
+1. ``maf``: MAF (5 layers, MADE 2x64) on eight Gaussians and rings: KL to the truth, ms/step.
+2. ``realnvp``: 8 affine couplings (MLP 2x64) on the 8x8 digits: test bits/dim, ms/step.
+3. ``sampling``: MAF and IAF density evaluation vs sampling time as D grows (flowlib; a plot).
+4. ``distill``: an IAF student distilled from one MAF teacher per seed, in every library.
+5. ``best``: the course's best 2-D model trained for the fastest peer's wall time of benchmark 1.
+
+Libraries run in alternation (A B C D, then the next round in rotated order), so that a machine
+that slows down for a while does not decide the comparison; we report medians over seeds and the
+median of the per-round ratios flowlib time / peer time. Every library gets the same data stream,
+seed and training loop. Results go to bench/results/<benchmark>_<cpu|gpu>.json, a Markdown table
+table_<cpu|gpu>.md and a plot sampling_<cpu|gpu>.png, which the book's appendix includes.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import math
 import platform
 import statistics
@@ -30,23 +39,36 @@ import flowlib  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     dev = flowlib.device()
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
     return {"device": str(dev), "name": name, "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
+            "cores": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version()}
 
 
-def train(model: peers.Model, batches, steps: int, lr: float, dev: torch.device) -> list[float]:
-    """One training loop for every library: Adam, constant lr, batch from ``batches()``.
-    Returns the wall time of each step in ms."""
+def train(model: peers.Model, batches, steps: int, lr: float, dev: torch.device,
+          loss_fn=None) -> list[float]:
+    """One training loop for every library: Adam, constant lr, batch from ``batches()``, loss
+    ``-log_prob(batch).mean()`` unless ``loss_fn(model)`` is given. Returns each step's wall
+    time in ms (the batch is drawn outside the timed part)."""
     model.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     times = []
     for _ in range(steps):
-        x = batches()
+        x = batches() if batches is not None else None
         t0 = time.perf_counter()
-        loss = -model.log_prob(x).mean()
+        loss = -model.log_prob(x).mean() if loss_fn is None else loss_fn(model)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -59,28 +81,43 @@ def train(model: peers.Model, batches, steps: int, lr: float, dev: torch.device)
 
 
 def rotate(libs: tuple[str, ...], k: int) -> tuple[str, ...]:
+    """``libs`` rotated by ``k``: round ``k`` of the alternation starts with library ``k mod n``."""
     k %= len(libs)
     return libs[k:] + libs[:k]
 
 
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _mean_se(vals: list[float]) -> tuple[float, float]:
+    vals = [v for v in vals if math.isfinite(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    se = statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else float("nan")
+    return statistics.mean(vals), se
+
+
 def summarise(runs: list[dict], key: str, libs: tuple[str, ...], group: str) -> dict:
-    """Per group and library: mean and standard error over seeds of ``key``, median ms/step, and
-    the median over rounds of flowlib's ms/step divided by each peer's."""
+    """Per group and library: mean and standard error over seeds of ``key`` (diverged runs are
+    counted, not averaged), median ms/step, and the median over rounds of flowlib's ms/step
+    divided by each peer's."""
     out: dict = {}
     for g in sorted({r[group] for r in runs}):
         rows = [r for r in runs if r[group] == g]
         out[g] = {}
         for lib in libs:
-            vals = [r[key] for r in rows if r["lib"] == lib]
-            ms = [r["ms_per_step"] for r in rows if r["lib"] == lib]
-            if not vals:
+            mine = [r for r in rows if r["lib"] == lib]
+            if not mine:
                 continue
-            se = statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else float("nan")
-            entry = {key: statistics.mean(vals), f"{key}_se": se, "ms_per_step": statistics.median(ms),
-                     "n": len(vals)}
+            mean, se = _mean_se([r[key] for r in mine])
+            entry = {key: mean, f"{key}_se": se, "n": len(mine),
+                     "diverged": sum(bool(r.get("diverged")) for r in mine),
+                     "ms_per_step": statistics.median(r["ms_per_step"] for r in mine)}
             if lib != "flowlib":
                 ratios = []
-                for seed in {r["seed"] for r in rows}:
+                for seed in sorted({r["seed"] for r in rows}):
                     a = [r["ms_per_step"] for r in rows if r["lib"] == "flowlib" and r["seed"] == seed]
                     b = [r["ms_per_step"] for r in rows if r["lib"] == lib and r["seed"] == seed]
                     if a and b:
@@ -90,30 +127,103 @@ def summarise(runs: list[dict], key: str, libs: tuple[str, ...], group: str) -> 
     return out
 
 
+def _train_or_diverge(model, batches, steps, lr, dev, loss_fn=None) -> tuple[list[float], bool]:
+    """Train; a library whose loss turns non-finite is recorded as diverged, not fatal."""
+    try:
+        return train(model, batches, steps, lr, dev, loss_fn), False
+    except FloatingPointError:
+        return [float("nan")], True
+
+
+# ---------------------------------------------------------------------------- 1. MAF on 2-D toys
+
 def bench_maf(args, dev) -> dict:
     """Benchmark 1: MAF (5 layers, MADE 2x64) on 2-D toys, KL to the truth and ms per step."""
     runs = []
-    k = 0
+    rnd = 0
     for seed in range(args.seeds):
         for name in ("eight_gaussians", "rings"):
             density = flowlib.data.toy(name)
-            for lib in rotate(peers.LIBS, k):
-                k += 1
+            for lib in rotate(peers.LIBS, rnd):
                 flowlib.seed(seed)
                 model = peers.maf(lib, 2, layers=5, hidden=(64, 64))
                 g = torch.Generator().manual_seed(1000 + seed)  # the same data for every library
-                times = train(model, lambda: density.sample(256, generator=g).to(dev),
-                              args.steps, 1e-3, dev)
+                times, diverged = _train_or_diverge(
+                    model, lambda: density.sample(256, generator=g).to(dev), args.steps, 1e-3, dev)
                 model.eval()
-                kl = flowlib.metrics.kl_to_truth(model, density, n=args.test_samples, seed=seed)
+                kl = (flowlib.metrics.kl_to_truth(model, density, n=args.test_samples, seed=seed)
+                      if not diverged else flowlib.data.Estimate(float("nan"), float("nan")))
+                ms = statistics.median(times)
                 runs.append({"lib": lib, "density": name, "seed": seed, "kl": kl.value,
-                             "kl_mc_se": kl.stderr, "ms_per_step": statistics.median(times)})
+                             "kl_mc_se": kl.stderr, "ms_per_step": ms, "diverged": diverged})
                 print(f"  maf {name:16s} seed {seed} {lib:9s} KL {kl.value:.3f} nats  "
-                      f"{statistics.median(times):.2f} ms/step", flush=True)
+                      f"{ms:.2f} ms/step", flush=True)
+            rnd += 1
     return {"setup": {"layers": 5, "hidden": [64, 64], "batch": 256, "lr": 1e-3, "steps": args.steps,
                       "seeds": args.seeds, "test_samples": args.test_samples},
             "runs": runs, "summary": summarise(runs, "kl", peers.LIBS, "density")}
 
+
+# ---------------------------------------------------------------------------- 2. RealNVP on digits
+
+ALPHA = 0.05   # logit pre-processing, as in the book's chapters
+
+
+@torch.no_grad()
+def _digits_logit(v: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dequantize ``v`` (levels 0..16) to [0, 1) and map to logit space; returns ``y`` and the
+    log-det of the pre-processing, ``log |dy/dx|`` per image, which every library shares."""
+    x = flowlib.data.dequantize(v, flowlib.data.DIGIT_LEVELS, generator=g)
+    return flowlib.LogitPreprocess(ALPHA).inverse(x)
+
+
+def bench_realnvp(args, dev) -> dict:
+    """Benchmark 2: affine coupling flow on the 8x8 digits (dequantized, logit), test bits/dim."""
+    v_train, _ = flowlib.data.digits("train")
+    v_test, _ = flowlib.data.digits("test")
+    levels, dim = flowlib.data.DIGIT_LEVELS, v_train.shape[1]
+    y_test, ladj_test = _digits_logit(v_test, torch.Generator().manual_seed(0))
+
+    def bpd(log_prob_y: torch.Tensor) -> float:
+        nll = -(log_prob_y.double() + ladj_test.double()).mean().item()
+        return flowlib.metrics.bits_per_dim(nll, dim, levels=levels)
+
+    # Reference: a full-covariance Gaussian fitted to the logit-space training data.
+    y_tr, _ = _digits_logit(v_train.repeat(10, 1), torch.Generator().manual_seed(1))
+    gauss = torch.distributions.MultivariateNormal(
+        y_tr.double().mean(0), torch.cov(y_tr.double().T) + 1e-6 * torch.eye(dim, dtype=torch.float64))
+    reference = bpd(gauss.log_prob(y_test.double()))
+
+    runs = []
+    for seed in range(args.seeds):
+        for lib in rotate(peers.LIBS, seed):
+            flowlib.seed(seed)
+            model = peers.realnvp(lib, dim, layers=8, hidden=(64, 64))
+            g = torch.Generator().manual_seed(2000 + seed)
+
+            def batch() -> torch.Tensor:
+                idx = torch.randint(len(v_train), (256,), generator=g)
+                return _digits_logit(v_train[idx], g)[0].to(dev)
+
+            times, diverged = _train_or_diverge(model, batch, args.steps2, 1e-3, dev)
+            model.eval()
+            value = float("nan")
+            if not diverged:
+                with torch.no_grad():
+                    value = bpd(model.log_prob(y_test.to(dev)).cpu())
+            ms = statistics.median(times)
+            runs.append({"lib": lib, "data": "digits", "seed": seed, "bits_per_dim": value,
+                         "ms_per_step": ms, "diverged": diverged or not math.isfinite(value)})
+            print(f"  realnvp digits seed {seed} {lib:9s} {value:.3f} bits/dim  {ms:.2f} ms/step",
+                  flush=True)
+    return {"setup": {"couplings": 8, "hidden": [64, 64], "batch": 256, "lr": 1e-3,
+                      "steps": args.steps2, "seeds": args.seeds, "logit_alpha": ALPHA,
+                      "train": len(v_train), "test": len(v_test)},
+            "gaussian_bits_per_dim": reference,
+            "runs": runs, "summary": summarise(runs, "bits_per_dim", peers.LIBS, "data")}
+
+
+# ---------------------------------------------------------------------------- 3. sampling cost
 
 @torch.no_grad()
 def bench_sampling(args, dev) -> dict:
@@ -128,13 +238,11 @@ def bench_sampling(args, dev) -> dict:
             for _ in range(args.repeats):  # alternate the two operations
                 t0 = time.perf_counter()
                 flow.log_prob(x)
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
+                sync(dev)
                 t_lp.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 flow.sample(args.batch3)
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
+                sync(dev)
                 t_s.append(time.perf_counter() - t0)
             rows.append({"model": kind, "dim": d, "log_prob_ms": 1000 * statistics.median(t_lp),
                          "sample_ms": 1000 * statistics.median(t_s)})
@@ -144,26 +252,194 @@ def bench_sampling(args, dev) -> dict:
             "rows": rows}
 
 
+def plot_sampling(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    styles = {("maf", "log_prob_ms"): ("MAF log_prob (1 pass/layer)", "C0", "-"),
+              ("maf", "sample_ms"): ("MAF sample (D passes/layer)", "C0", "--"),
+              ("iaf", "log_prob_ms"): ("IAF log_prob (D passes/layer)", "C1", "--"),
+              ("iaf", "sample_ms"): ("IAF sample (1 pass/layer)", "C1", "-")}
+    for (kind, key), (label, color, ls) in styles.items():
+        pts = sorted((r["dim"], r[key]) for r in rows if r["model"] == kind)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, color=color, marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("dimension D")
+    ax.set_ylabel(f"ms per call (batch {result['setup']['batch']})")
+    ax.set_title("Parallel vs sequential direction (5 layers, MADE 2x64)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- 4. distillation
+
+def bench_distill(args, dev) -> dict:
+    """Benchmark 4: per seed one flowlib MAF teacher fitted to eight Gaussians (benchmark 1's
+    budget), then an IAF student in every library trained for the same number of steps to
+    minimise KL(student || teacher), with the same loop."""
+    density = flowlib.data.toy("eight_gaussians")
+    runs, teachers = [], []
+    for seed in range(args.seeds):
+        flowlib.seed(seed)
+        teacher = peers.maf("flowlib", 2)
+        g = torch.Generator().manual_seed(1000 + seed)
+        train(teacher, lambda: density.sample(256, generator=g).to(dev), args.steps, 1e-3, dev)
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        t_kl = flowlib.metrics.kl_to_truth(teacher, density, n=args.test_samples, seed=seed)
+        teachers.append({"seed": seed, "kl_data_to_teacher": t_kl.value})
+        print(f"  distill seed {seed} teacher KL(p||t) {t_kl.value:.3f}", flush=True)
+
+        def loss_fn(student):
+            x, log_s = student.sample_and_log_prob(256)
+            return (log_s - teacher.log_prob(x)).mean()
+
+        for lib in rotate(peers.LIBS, seed):
+            flowlib.seed(seed)
+            student = peers.iaf(lib, 2)
+            times, diverged = _train_or_diverge(student, None, args.steps, 1e-3, dev, loss_fn)
+            student.eval()
+            row = {"lib": lib, "seed": seed, "ms_per_step": statistics.median(times),
+                   "diverged": diverged}
+            if not diverged:
+                with torch.no_grad():
+                    torch.manual_seed(10_000 + seed)
+                    x, log_s = student.sample_and_log_prob(args.test_samples)
+                    d_st = (log_s - teacher.log_prob(x)).double()
+                    d_sp = (log_s.cpu().double() - density.log_prob(x.cpu().double()))
+                kl_ps = flowlib.metrics.kl_to_truth(student, density, n=args.test_samples, seed=seed)
+                n = math.sqrt(args.test_samples)
+                row |= {"kl_student_teacher": d_st.mean().item(), "kl_st_mc_se": d_st.std().item() / n,
+                        "kl_student_data": d_sp.mean().item(), "kl_sp_mc_se": d_sp.std().item() / n,
+                        "kl_data_student": kl_ps.value, "kl_ps_mc_se": kl_ps.stderr}
+            else:
+                row |= {k: float("nan") for k in ("kl_student_teacher", "kl_student_data",
+                                                  "kl_data_student")}
+            runs.append(row | {"density": "eight_gaussians"})
+            print(f"  distill seed {seed} {lib:9s} KL(s||t) {row['kl_student_teacher']:.3f}  "
+                  f"KL(s||p) {row['kl_student_data']:.3f}  KL(p||s) {row['kl_data_student']:.3f}  "
+                  f"{row['ms_per_step']:.2f} ms/step", flush=True)
+    summary = summarise(runs, "kl_student_teacher", peers.LIBS, "density")["eight_gaussians"]
+    for lib, e in summary.items():
+        for key in ("kl_student_data", "kl_data_student"):
+            e[key], e[f"{key}_se"] = _mean_se([r[key] for r in runs if r["lib"] == lib])
+    return {"setup": {"layers": 5, "hidden": [64, 64], "batch": 256, "lr": 1e-3,
+                      "teacher_steps": args.steps, "student_steps": args.steps, "seeds": args.seeds,
+                      "test_samples": args.test_samples},
+            "teachers": teachers, "runs": runs, "summary": summary}
+
+
+# ---------------------------------------------------------------------------- 5. best model
+
+# The course's strongest 2-D model, a rational-quadratic spline flow, and its training recipe
+# (fit's cosine decay from lr), chosen by a sweep on the 2-core CPU of the appendix: 16 bins mattered
+# more on rings than more layers or wider networks.
+BEST = {name: {"arch": {"layers": 4, "hidden": (64, 64), "bins": 16, "kind": "coupling"},
+               "lr": 5e-3, "batch": 256}
+        for name in ("eight_gaussians", "rings")}
+
+
+def _peer_budget_ms(maf_result: dict, name: str) -> tuple[float, str]:
+    """The fastest peer's median wall time for benchmark 1's training on ``name`` (ms)."""
+    steps = maf_result["setup"]["steps"]
+    peers_ = {lib: e for lib, e in maf_result["summary"][name].items() if lib != "flowlib"}
+    lib = min(peers_, key=lambda k: peers_[k]["ms_per_step"])
+    return peers_[lib]["ms_per_step"] * steps, lib
+
+
+def bench_best(args, dev, maf_result: dict) -> dict:
+    """Benchmark 5: flowlib's best model per density, trained by ``flowlib.fit`` for as many steps
+    as fit in the fastest peer's benchmark-1 wall time (timed by a short probe first)."""
+    runs = []
+    for seed in range(args.seeds):
+        for name, cfg in BEST.items():
+            density = flowlib.data.toy(name)
+            budget_ms, peer = _peer_budget_ms(maf_result, name)
+            flowlib.seed(seed)
+            model = flowlib.models.nsf(2, **cfg["arch"], seed=seed)
+            probe = copy.deepcopy(model)
+            h = flowlib.fit(probe, density, steps=args.probe_steps, batch_size=cfg["batch"],
+                            lr=cfg["lr"], dev=dev, progress=False)
+            steps = max(1, int(0.97 * budget_ms / h.ms_per_step))
+            hist = flowlib.fit(model, density, steps=steps, batch_size=cfg["batch"], lr=cfg["lr"],
+                               dev=dev, progress=False,
+                               generator=torch.Generator().manual_seed(3000 + seed))
+            kl = flowlib.metrics.kl_to_truth(model, density, n=args.test_samples, seed=seed)
+            runs.append({"lib": "flowlib", "density": name, "seed": seed, "kl": kl.value,
+                         "kl_mc_se": kl.stderr, "steps": steps, "seconds": hist.seconds,
+                         "budget_seconds": budget_ms / 1000, "budget_of": peer,
+                         "ms_per_step": hist.ms_per_step})
+            print(f"  best {name:16s} seed {seed} KL {kl.value:.3f} nats in {steps} steps, "
+                  f"{hist.seconds:.1f} s (budget {budget_ms / 1000:.1f} s = {peer})", flush=True)
+    summary = {}
+    for name in BEST:
+        rows = [r for r in runs if r["density"] == name]
+        kl, se = _mean_se([r["kl"] for r in rows])
+        summary[name] = {"kl": kl, "kl_se": se, "seconds": statistics.median(r["seconds"] for r in rows),
+                         "budget_seconds": statistics.median(r["budget_seconds"] for r in rows),
+                         "steps": statistics.median(r["steps"] for r in rows),
+                         "budget_of": rows[0]["budget_of"], "model": BEST[name]}
+    return {"setup": {"seeds": args.seeds, "test_samples": args.test_samples,
+                      "probe_steps": args.probe_steps, "config": BEST},
+            "runs": runs, "summary": summary}
+
+
+# ---------------------------------------------------------------------------- the table
+
+def _fmt(v: float, se: float | None = None, digits: int = 3) -> str:
+    if not math.isfinite(v):
+        return "diverged"
+    if se is None or not math.isfinite(se):
+        return f"{v:.{digits}f}"
+    return f"{v:.{digits}f} ± {se:.{digits}f}"
+
+
+def _ratio_cell(e: dict) -> str:
+    return f"{e['flowlib_time_ratio']:.2f}" if "flowlib_time_ratio" in e else "—"
+
+
 def table(results: dict) -> str:
     m = results.get("machine", {})
-    lines = [f"Measured on {m.get('device')} ({m.get('name')}, {m.get('threads')} threads), "
-             f"torch {m.get('torch')}.", ""]
+    lines = [f"Measured on {m.get('device')} ({m.get('name')}, {m.get('threads')} thread(s)), "
+             f"torch {m.get('torch')}, Python {m.get('python')}. Values are means ± standard "
+             "errors over seeds; ms/step are medians; the ratio column is the median over rounds of "
+             "flowlib's time divided by that library's (below 1: flowlib is faster).", ""]
     if "maf" in results:
         r = results["maf"]
         s = r["setup"]
-        lines += [f"### MAF on 2-D toys ({s['layers']} layers, MADE {s['hidden']}, batch {s['batch']}, "
-                  f"Adam lr {s['lr']}, {s['steps']} steps, {s['seeds']} seeds)", "",
-                  "| density | library | KL (nats) | ms/step | flowlib time / peer time |",
+        lines += [f"### 1. MAF on 2-D densities ({s['layers']} layers, MADE {s['hidden']}, batch "
+                  f"{s['batch']}, Adam lr {s['lr']}, {s['steps']} steps, {s['seeds']} seeds)", "",
+                  "| density | library | KL to the truth (nats) | ms/step | flowlib time / its time |",
                   "|---|---|---|---|---|"]
         for dens, libs in r["summary"].items():
             for lib, e in libs.items():
-                ratio = f"{e['flowlib_time_ratio']:.2f}" if "flowlib_time_ratio" in e else "—"
-                lines.append(f"| {dens} | {lib} | {e['kl']:.3f} ± {e['kl_se']:.3f} | "
-                             f"{e['ms_per_step']:.2f} | {ratio} |")
+                lines.append(f"| {dens} | {lib} | {_fmt(e['kl'], e['kl_se'])} | "
+                             f"{e['ms_per_step']:.2f} | {_ratio_cell(e)} |")
         lines.append("")
+    if "realnvp" in results:
+        r = results["realnvp"]
+        s = r["setup"]
+        lines += [f"### 2. Affine coupling flow on the 8x8 digits ({s['couplings']} couplings, MLP "
+                  f"{s['hidden']}, batch {s['batch']}, Adam lr {s['lr']}, {s['steps']} steps, "
+                  f"{s['seeds']} seeds; uniform dequantization, logit with alpha {s['logit_alpha']}; "
+                  f"{s['train']} training and {s['test']} test images)", "",
+                  "| library | test bits/dim | ms/step | flowlib time / its time |", "|---|---|---|---|"]
+        for lib, e in r["summary"]["digits"].items():
+            lines.append(f"| {lib} | {_fmt(e['bits_per_dim'], e['bits_per_dim_se'])} | "
+                         f"{e['ms_per_step']:.2f} | {_ratio_cell(e)} |")
+        lines += [f"| (full-covariance Gaussian) | {r['gaussian_bits_per_dim']:.3f} | — | — |", ""]
     if "sampling" in results:
         r = results["sampling"]
-        lines += [f"### Density evaluation vs sampling, batch {r['setup']['batch']} (flowlib, ms)", "",
+        lines += [f"### 3. Density evaluation vs sampling, flowlib, batch {r['setup']['batch']} (ms per call)", "",
                   "| D | MAF log_prob | MAF sample | IAF log_prob | IAF sample |", "|---|---|---|---|---|"]
         by = {(row["model"], row["dim"]): row for row in r["rows"]}
         for d in sorted({row["dim"] for row in r["rows"]}):
@@ -171,35 +447,86 @@ def table(results: dict) -> str:
             lines.append(f"| {d} | {a['log_prob_ms']:.1f} | {a['sample_ms']:.1f} | "
                          f"{b['log_prob_ms']:.1f} | {b['sample_ms']:.1f} |")
         lines.append("")
+    if "distill" in results:
+        r = results["distill"]
+        s = r["setup"]
+        t_kl = statistics.mean(t["kl_data_to_teacher"] for t in r["teachers"])
+        lines += [f"### 4. Distillation on eight Gaussians (IAF students, {s['layers']} layers, MADE "
+                  f"{s['hidden']}, {s['student_steps']} steps, batch {s['batch']}, Adam lr {s['lr']}, "
+                  f"{s['seeds']} seeds; one flowlib MAF teacher per seed, KL(p‖t) = {t_kl:.3f})", "",
+                  "| library | KL(s‖t) | KL(s‖p) | KL(p‖s) | ms/step | flowlib time / its time |",
+                  "|---|---|---|---|---|---|"]
+        for lib, e in r["summary"].items():
+            lines.append(f"| {lib} | {_fmt(e['kl_student_teacher'], e['kl_student_teacher_se'])} | "
+                         f"{_fmt(e['kl_student_data'], e['kl_student_data_se'])} | "
+                         f"{_fmt(e['kl_data_student'], e['kl_data_student_se'])} | "
+                         f"{e['ms_per_step']:.2f} | {_ratio_cell(e)} |")
+        lines.append("")
+    if "best" in results:
+        r = results["best"]
+        lines += [f"### 5. The course's best model at the fastest peer's wall time ({r['setup']['seeds']} seeds)", "",
+                  "| density | model | KL to the truth (nats) | steps | training time (s) | budget (s) |",
+                  "|---|---|---|---|---|---|"]
+        for dens, e in r["summary"].items():
+            a = e["model"]["arch"]
+            desc = (f"spline flow ({a['kind']}, {a['layers']} layers, {a['bins']} bins, "
+                    f"MLP {list(a['hidden'])}), lr {e['model']['lr']} cosine")
+            lines.append(f"| {dens} | {desc} | {_fmt(e['kl'], e['kl_se'])} | {e['steps']:.0f} | "
+                         f"{e['seconds']:.1f} | {e['budget_seconds']:.1f} ({e['budget_of']}) |")
+        lines.append("")
     return "\n".join(lines)
+
+
+BENCHMARKS = ("maf", "realnvp", "sampling", "distill", "best")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="maf,sampling", help="comma-separated: maf, sampling")
-    ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--only", default=",".join(BENCHMARKS),
+                    help=f"comma-separated subset of {', '.join(BENCHMARKS)}; the others are read "
+                         "back from earlier results for the table")
+    ap.add_argument("--steps", type=int, default=5000, help="benchmarks 1 and 4")
+    ap.add_argument("--steps2", type=int, default=2000, help="benchmark 2")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--test-samples", type=int, default=50_000)
     ap.add_argument("--dims", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     ap.add_argument("--batch3", type=int, default=10_000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--probe-steps", type=int, default=100, help="benchmark 5's timing probe")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
+    chosen = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = set(chosen) - set(BENCHMARKS)
+    if unknown:
+        ap.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {BENCHMARKS}")
     dev = flowlib.device()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"machine": machine()}
     tag = "gpu" if dev.type == "cuda" else "cpu"
-    for name in args.only.split(","):
-        fn = {"maf": bench_maf, "sampling": bench_sampling}[name]
+    results: dict = {"machine": machine()}
+    for name in BENCHMARKS:          # earlier results, so that the table stays complete
+        f = out / f"{name}_{tag}.json"
+        if name not in chosen and f.exists():
+            results[name] = json.loads(f.read_text())
+    for name in chosen:
         print(f"benchmark {name} on {dev}", flush=True)
         t0 = time.perf_counter()
-        results[name] = fn(args, dev)
+        if name == "best":
+            if "maf" not in results:
+                ap.error("benchmark 'best' needs benchmark 1's timings: run --only maf,best")
+            results[name] = bench_best(args, dev, results["maf"])
+        else:
+            fn = {"maf": bench_maf, "realnvp": bench_realnvp, "sampling": bench_sampling,
+                  "distill": bench_distill}[name]
+            results[name] = fn(args, dev)
         results[name]["seconds"] = time.perf_counter() - t0
-        (out / f"{name}_{tag}.json").write_text(json.dumps({"machine": results["machine"],
-                                                            **results[name]}, indent=1))
-    (out / f"table_{tag}.md").write_text(table(results))
-    print(table(results))
+        results[name]["machine"] = results["machine"]
+        (out / f"{name}_{tag}.json").write_text(json.dumps(results[name], indent=1))
+    if "sampling" in results:
+        plot_sampling(results["sampling"], out / f"sampling_{tag}.png")
+    text = table(results)
+    (out / f"table_{tag}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

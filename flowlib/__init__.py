@@ -17,6 +17,8 @@ from .normalization import ActNorm, BatchNormFlow
 from .invconv import GlowStep, InvConv1x1
 from .preprocess import LogitPreprocess
 from .reshape import FactorOut, Squeeze
+from .spline import SplineAutoregressive, SplineCoupling, rq_spline
+from . import spline
 from . import autoregressive, binary, models
 from . import coupling, normalization, preprocess, reshape
 from . import invconv
@@ -38,4 +40,5 @@ __all__ = [
     "coupling", "normalization", "preprocess", "reshape",
     "ActNorm", "InvConv1x1", "GlowStep", "invconv",
     "distill", "kl_estimate",
+    "SplineAutoregressive", "SplineCoupling", "rq_spline", "spline",
 ]

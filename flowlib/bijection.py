@@ -126,18 +126,18 @@ class Compose(Bijection):
         return self.layers[i]
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        ladj = z.new_zeros(z.shape[0])
+        ladj = None  # not a zeros tensor: one op fewer per call, for flows of small layers
         for layer in self.layers:
             z, l = layer(z, context)
-            ladj = ladj + l
-        return z, ladj
+            ladj = l if ladj is None else ladj + l
+        return z, z.new_zeros(z.shape[0]) if ladj is None else ladj
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        ladj = x.new_zeros(x.shape[0])
+        ladj = None
         for layer in reversed(self.layers):
             x, l = layer.inverse(x, context)
-            ladj = ladj + l
-        return x, ladj
+            ladj = l if ladj is None else ladj + l
+        return x, x.new_zeros(x.shape[0]) if ladj is None else ladj
 
     def trace_forward(self, z: Tensor, context: Tensor | None = None) -> list[Tensor]:
         """``[z, f_1(z), f_2(f_1(z)), ..., x]``: the sample after each layer, generative order."""

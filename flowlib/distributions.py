@@ -47,7 +47,9 @@ class BaseDistribution(nn.Module):
         return math.prod(self.event_shape)
 
     def _check(self, z: Tensor) -> None:
-        check_input(z, dims=self.event_shape, name=type(self).__name__)
+        # Shapes only. Data are checked for NaN/inf once, where they enter (Flow.log_prob, fit);
+        # checking again here would cost a second device synchronisation on every step.
+        check_input(z, dims=self.event_shape, name=type(self).__name__, finite=False)
 
     def _reduce(self, v: Tensor) -> Tensor:
         return v.reshape(v.shape[0], -1).sum(1)

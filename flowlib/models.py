@@ -8,37 +8,43 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .autoregressive import MaskedAutoregressive
+from .autoregressive import MaskedAutoregressive, made_order
 from .bijection import Bijection, Compose
 from .distributions import Flow, StandardNormal
-from .linear import Permutation
 from .coupling import (AdditiveCoupling, AffineCoupling, Rescale, alternating_mask,
                        channel_mask, checkerboard_mask, half_mask)
 from .distributions import StandardLogistic
 from .normalization import BatchNormFlow
 from .preprocess import LogitPreprocess
 from .reshape import FactorOut, Squeeze
+from .spline import SplineAutoregressive, SplineCoupling
 
-__all__: list[str] = ["maf", "iaf", "nice", "realnvp", "glow"]
+__all__: list[str] = ["maf", "iaf", "nice", "realnvp", "glow", "nsf"]
+
+
+def _autoregressive_orders(dim: int, layers: int, permutation: str, seed: int) -> list[Tensor]:
+    """The MADE ordering of each layer. Permuting the coordinates between two layers is the same
+    as giving the next layer the permuted ordering, so the stack needs no Permutation layers:
+    those would move data every pass for nothing (a standard normal base is unchanged by the
+    final permutation that remains)."""
+    g = torch.Generator().manual_seed(seed)
+    if permutation == "reverse":
+        return [made_order(dim, "natural" if k % 2 == 0 else "reversed") for k in range(layers)]
+    if permutation == "random":
+        return [made_order(dim, "natural")] + [made_order(dim, "random", g) for _ in range(layers - 1)]
+    if permutation == "none":
+        return [made_order(dim, "natural")] * layers
+    raise ValueError(f"permutation must be 'reverse', 'random' or 'none', got {permutation!r}")
 
 
 def _autoregressive_stack(dim: int, layers: int, hidden: Sequence[int], permutation: str,
                           context: int, activation: str, max_log_scale: float,
                           invert: bool, seed: int) -> Compose:
-    g = torch.Generator().manual_seed(seed)
     blocks: list[Bijection] = []
-    for k in range(layers):
-        layer = MaskedAutoregressive(dim, hidden, context_features=context, activation=activation,
-                                     max_log_scale=max_log_scale)
+    for order in _autoregressive_orders(dim, layers, permutation, seed):
+        layer = MaskedAutoregressive(dim, hidden, order=order, context_features=context,
+                                     activation=activation, max_log_scale=max_log_scale)
         blocks.append(layer.inv if invert else layer)
-        if k < layers - 1 and dim > 1 and permutation != "none":
-            if permutation == "reverse":
-                blocks.append(Permutation.reverse(dim))
-            elif permutation == "random":
-                blocks.append(Permutation.random(dim, g))
-            else:
-                raise ValueError(f"permutation must be 'reverse', 'random' or 'none', "
-                                 f"got {permutation!r}")
     return Compose(*blocks)
 
 
@@ -46,8 +52,11 @@ def maf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), *,
         permutation: str = "reverse", context: int = 0, activation: str = "relu",
         max_log_scale: float = 3.0, seed: int = 0) -> Flow:
     r"""Masked autoregressive flow (Papamakarios et al., 2017): ``layers`` :class:`MaskedAutoregressive`
-    layers (MADE with ``hidden`` units), a fixed permutation between consecutive layers
-    (``"reverse"``, ``"random"`` drawn from ``seed``, or ``"none"``), standard normal base.
+    layers (MADE with ``hidden`` units) over a standard normal base, each conditioning in its own
+    order: ``permutation="reverse"`` alternates the natural and the reversed ordering,
+    ``"random"`` draws the orderings after the first from ``seed``, ``"none"`` keeps the natural
+    one throughout. That is the classic permutation between layers, folded into the MADEs'
+    orderings (see ``_autoregressive_orders``).
 
     ``log_prob`` costs one MADE pass per layer; ``sample`` costs ``dim`` passes per layer.
     ``context`` > 0 makes a conditional flow (pass ``context=`` to ``log_prob``/``sample``).
@@ -329,3 +338,49 @@ def glow(dim: int | None = None, *, shape: Sequence[int] | None = None, steps: i
                        activation=activation, log_scale_bound=log_scale_bound, generator=g)
               for _ in range(8 if steps is None else int(steps))]
     return Flow(Compose(*reversed(layers), *pre), StandardNormal(dim))
+
+
+# ---------------------------------------------------------------------------- neural spline flows
+
+
+def nsf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), bins: int = 8,
+        bound: float = 4.0, *, kind: str = "autoregressive", context: int = 0,
+        seed: int = 0) -> Flow:
+    r"""Neural spline flow (Durkan et al., 2019): ``layers`` rational-quadratic spline layers
+    (``bins`` bins on :math:`[-B, B]` = ``[-bound, bound]``, identity outside) over a standard
+    normal base.
+
+    ``kind="autoregressive"``: :class:`~flowlib.spline.SplineAutoregressive` layers (MADE with
+    ``hidden`` units), their orders alternating ``"natural"`` / ``"reversed"``: the alternation
+    does the work of a permutation between layers, without the extra layers. ``log_prob`` costs
+    one MADE pass per layer, ``sample`` ``dim`` passes per layer.
+    ``kind="coupling"``: :class:`~flowlib.spline.SplineCoupling` layers (MLP conditioners), the
+    partition alternating between :func:`~flowlib.coupling.alternating_mask` and its complement;
+    one pass per layer both ways (``dim >= 2``).
+
+    ``context`` > 0 makes a conditional flow. ``seed`` seeds the networks' initial weights
+    (the global generator's state is restored afterwards). Every layer starts as the identity.
+
+    Example:
+        >>> flow = nsf(2, layers=4, bins=8)
+        >>> flow.log_prob(torch.randn(8, 2)).shape
+        torch.Size([8])
+    """
+    if kind not in ("autoregressive", "coupling"):
+        raise ValueError(f"nsf: kind must be 'autoregressive' or 'coupling', got {kind!r}")
+    if int(layers) < 1:
+        raise ValueError(f"nsf: layers must be positive, got {layers}")
+    dim = int(dim)
+    blocks: list[Bijection] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for k in range(int(layers)):
+            if kind == "autoregressive":
+                blocks.append(SplineAutoregressive(dim, hidden, bins, bound,
+                                                   order="natural" if k % 2 == 0 else "reversed",
+                                                   context_features=context))
+            else:
+                blocks.append(SplineCoupling(alternating_mask(dim, flip=k % 2 == 1), hidden, bins,
+                                             bound, context_features=context))
+    return Flow(Compose(*blocks), StandardNormal(dim))
+

@@ -31,6 +31,7 @@ from .normalization import ActNorm, BatchNormFlow
 from .invconv import GlowStep, InvConv1x1
 from .preprocess import LogitPreprocess
 from .reshape import FactorOut, Squeeze
+from .spline import SplineAutoregressive, SplineCoupling
 
 __all__ = ["check_bijection", "jacobian", "examples", "register_example"]
 
@@ -206,5 +207,18 @@ def examples() -> Iterator[tuple[str, Bijection, Tensor]]:
     step = GlowStep(d, hidden=(8,)).double()
     step.inverse(2 * _z(32, d, seed=1) + 1)
     yield "GlowStep/vector", perturb(step, 0.1), _z(6, d)
+    # spline layers: perturbed so that the spline bends (raw parameters of order 1), inputs
+    # scaled so that some fall outside [-bound, bound] (identity tails)
+    yield ("SplineAutoregressive", perturb(SplineAutoregressive(d, (8, 8), bins=5, bound=2.0,
+                                                                order="reversed")).double(),
+           1.5 * _z(6, d))
+    yield ("SplineAutoregressive.inv", perturb(SplineAutoregressive(d, (8,), bins=4, bound=2.5),
+                                               seed=1).double().inv, 1.5 * _z(6, d, seed=1))
+    yield ("SplineCoupling/alternating",
+           perturb(SplineCoupling(alternating_mask(d), (8,), bins=6, bound=2.0)).double(),
+           1.5 * _z(6, d))
+    yield ("SplineCoupling/half.inv",
+           perturb(SplineCoupling(half_mask(d, flip=True), (8, 8), bins=3, bound=2.5),
+                   seed=2).double().inv, 1.5 * _z(6, d, seed=2))
     for extra in _EXTRA:
         yield from extra()

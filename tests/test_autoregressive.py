@@ -187,7 +187,8 @@ def test_iaf_is_maf_inverted_not_a_copy():
     m, i = maf(3, 2, (8,)), iaf(3, 2, (8,))
     assert isinstance(i.bijection[0], Inverse)
     assert isinstance(i.bijection[0].base, MaskedAutoregressive)
-    assert isinstance(i.bijection[1], Permutation)
+    assert isinstance(i.bijection[1], Inverse) and len(i.bijection) == 2
+    assert torch.equal(i.bijection[1].base.order, torch.tensor([2, 1, 0]))   # reversal folded in
     assert sum(p.numel() for p in i.parameters()) == sum(p.numel() for p in m.parameters())
     layer = perturb(MaskedAutoregressive(3, (8,))).double()
     z = _randn(4, 3)
@@ -200,8 +201,11 @@ def test_iaf_is_maf_inverted_not_a_copy():
 def test_factories_shapes_and_options():
     for fac in (maf, iaf):
         f = fac(4, layers=3, hidden=(8,), permutation="random")
-        perms = [b for b in f.bijection if isinstance(b, Permutation)]
-        assert len(perms) == 2
+        assert len(f.bijection) == 3 and not any(isinstance(b, Permutation) for b in f.bijection)
+        orders = [(b.base if isinstance(b, Inverse) else b).order for b in f.bijection]
+        assert all(sorted(o.tolist()) == [0, 1, 2, 3] for o in orders)
+        assert not all(torch.equal(o, orders[0]) for o in orders)      # each layer its own order
+        assert fac(4, layers=3, permutation="random", seed=1).bijection[1].state_dict().keys()
         assert f.log_prob(torch.randn(5, 4)).shape == (5,)
         assert f.sample(3).shape == (3, 4)
         f = fac(3, layers=2, hidden=(8,), context=2)
@@ -210,7 +214,38 @@ def test_factories_shapes_and_options():
         assert f.sample(6, context=c).shape == (6, 3)
         with pytest.raises(ValueError, match="permutation"):
             fac(3, permutation="spiral")
-    assert len(maf(1, layers=3).bijection) == 3               # no permutations in 1-D
+    assert len(maf(1, layers=3).bijection) == 3
+
+
+def test_alternating_orders_equal_reversals_between_layers():
+    # maf() folds the classic reversal between layers into alternating MADE orderings. Rebuild
+    # the classic stack, natural-order MADEs with Permutation layers in between, from the same
+    # weights, and check that it is the same map.
+    flowlib.seed(0)
+    folded = perturb(maf(3, layers=3, hidden=(8,)), 0.3).double()
+    d, rev = 3, torch.arange(2, -1, -1)
+    classic: list = []
+    for k, layer in enumerate(folded.bijection):
+        if k:
+            classic.append(Permutation.reverse(d))
+        m = MaskedAutoregressive(d, (8,)).double()
+        sd = {key: v.clone() for key, v in layer.state_dict().items()}
+        if k % 2:   # reversed order on x == natural order on y = reversed x: permute in and out
+            last = len(m.made.net) - 1
+            out = torch.cat([rev, rev + d])
+            for key in ("made.net.0.weight", "made.net.0.mask"):
+                sd[key] = sd[key][:, rev]
+            for key in (f"made.net.{last}.weight", f"made.net.{last}.mask", f"made.net.{last}.bias"):
+                sd[key] = sd[key][out]
+            sd["made.order"] = torch.arange(d)
+            assert all(torch.equal(sd[f"made.net.{i}.mask"], m.made.net[i].mask)
+                       for i in range(0, last + 1, 2)), "permuted masks = natural-order masks"
+        m.load_state_dict(sd)
+        classic.append(m)
+    classic_flow = flowlib.Flow(flowlib.Compose(*classic), flowlib.StandardNormal(d)).double()
+    x, z = _randn(6, d), _randn(6, d)
+    assert torch.allclose(folded.log_prob(x), classic_flow.log_prob(x), atol=1e-12)
+    assert torch.allclose(folded.bijection(z)[0], classic_flow.bijection(z)[0], atol=1e-10)
 
 
 @pytest.fixture

@@ -80,7 +80,7 @@ def test_gaussian_ar_kl_matches_mc_and_is_lower_variance():
 def test_gaussian_ar_kl_rejects_mismatched_structure():
     d = 4
     with pytest.raises(ValueError, match="same ordering|permutation"):
-        gaussian_ar_kl(iaf(d, layers=2), maf(d, layers=1), 8)      # student has a permutation
+        gaussian_ar_kl(iaf(d, layers=2), maf(d, layers=1), 8)      # orders alternate
     with pytest.raises(ValueError, match="MAF"):
         gaussian_ar_kl(iaf(d, layers=1), iaf(d, layers=1), 8)
 

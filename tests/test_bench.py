@@ -1,0 +1,117 @@
+"""The benchmark harness (bench/run.py) on flowlib alone, at a tiny budget: every benchmark runs,
+writes its JSON, and the table and plot the book's appendix includes come out. The peer libraries
+live in bench/.venv only, so here ``peers.LIBS`` is cut down to flowlib plus a fake peer in the
+pure-bookkeeping tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import statistics
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+@pytest.fixture
+def flowlib_only(bench, monkeypatch):
+    monkeypatch.setattr(bench.peers, "LIBS", ("flowlib",))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield bench
+    torch.set_num_threads(n)
+
+
+def _args(**kw) -> Namespace:
+    base = dict(steps=20, steps2=10, seeds=1, test_samples=500, dims=[2, 4], batch3=64, repeats=1,
+                probe_steps=5)
+    return Namespace(**(base | kw))
+
+
+def test_rotation_gives_every_library_the_first_slot(bench):
+    libs = ("a", "b", "c", "d")
+    firsts = [bench.rotate(libs, k)[0] for k in range(4)]
+    assert sorted(firsts) == sorted(libs)
+    assert all(sorted(bench.rotate(libs, k)) == sorted(libs) for k in range(7))
+
+
+def test_summary_means_ratios_and_divergence(bench):
+    runs = [{"lib": "flowlib", "g": "x", "seed": s, "kl": v, "ms_per_step": 2.0}
+            for s, v in enumerate([0.1, 0.3])]
+    runs += [{"lib": "peer", "g": "x", "seed": 0, "kl": 0.5, "ms_per_step": 4.0},
+             {"lib": "peer", "g": "x", "seed": 1, "kl": float("nan"), "ms_per_step": 1.0,
+              "diverged": True}]
+    s = bench.summarise(runs, "kl", ("flowlib", "peer"), "g")["x"]
+    assert s["flowlib"]["kl"] == pytest.approx(0.2)
+    assert s["flowlib"]["kl_se"] == pytest.approx(0.1)        # stdev 0.1414 / sqrt 2
+    assert s["peer"]["kl"] == 0.5 and s["peer"]["diverged"] == 1
+    assert s["peer"]["flowlib_time_ratio"] == pytest.approx(statistics.median([0.5, 2.0]))
+    assert "flowlib_time_ratio" not in s["flowlib"]
+
+
+def test_budget_is_the_fastest_peer(bench):
+    maf = {"setup": {"steps": 100},
+           "summary": {"rings": {"flowlib": {"ms_per_step": 1.0}, "zuko": {"ms_per_step": 3.0},
+                                 "nflows": {"ms_per_step": 2.0}}}}
+    assert bench._peer_budget_ms(maf, "rings") == (200.0, "nflows")
+
+
+def test_every_benchmark_runs_and_the_table_is_written(flowlib_only, tmp_path):
+    bench = flowlib_only
+    dev = torch.device("cpu")
+    args = _args()
+    results = {"machine": bench.machine()}
+    results["maf"] = bench.bench_maf(args, dev)
+    results["realnvp"] = bench.bench_realnvp(args, dev)
+    results["sampling"] = bench.bench_sampling(args, dev)
+    results["distill"] = bench.bench_distill(args, dev)
+    # a fake peer 10x slower than flowlib gives benchmark 5 a budget of ~10x flowlib's run
+    maf = json.loads(json.dumps(results["maf"]))
+    for dens in maf["summary"].values():
+        dens["fake"] = {"ms_per_step": 2.0}
+    results["best"] = bench.bench_best(_args(steps=20), dev, maf)
+
+    for dens in ("eight_gaussians", "rings"):
+        e = results["maf"]["summary"][dens]["flowlib"]
+        assert math.isfinite(e["kl"]) and e["ms_per_step"] > 0 and e["n"] == 1
+    assert 1.0 < results["realnvp"]["summary"]["digits"]["flowlib"]["bits_per_dim"] < 8.0
+    assert 1.5 < results["realnvp"]["gaussian_bits_per_dim"] < 3.5
+    assert len(results["sampling"]["rows"]) == 4
+    d = results["distill"]["summary"]["flowlib"]
+    assert d["kl_student_teacher"] > -0.05 and math.isfinite(d["kl_data_student"])
+    for dens, e in results["best"]["summary"].items():
+        assert e["budget_seconds"] == pytest.approx(2.0 * 20 / 1000)
+        assert e["steps"] >= 1 and math.isfinite(e["kl"])
+
+    text = bench.table(results)
+    for title in ("### 1. MAF", "### 2. Affine coupling", "### 3. Density evaluation",
+                  "### 4. Distillation", "### 5. The course's best model"):
+        assert title in text
+    assert "| eight_gaussians | flowlib |" in text and "full-covariance Gaussian" in text
+    bench.plot_sampling(results["sampling"], tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 5000
+
+
+def test_main_rejects_unknown_benchmarks(bench, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["run.py", "--only", "maf,nope"])
+    with pytest.raises(SystemExit):
+        bench.main()
+    assert "nope" in capsys.readouterr().err
