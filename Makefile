@@ -66,7 +66,7 @@ $(BENCH_STAMP): bench/requirements.txt pyproject.toml
 
 # Peers live in their own environment (bench/requirements.txt), never in the course's.
 bench: $(BENCH_STAMP)
-	bench/.venv/bin/python bench/run.py
+	bench/.venv/bin/python bench/run.py $(ARGS)
 	@echo "Results: $(CURDIR)/bench/results/"
 
 lab: $(STAMP)

@@ -15,7 +15,7 @@ only needs :math:`\theta(x_A) = \theta(z_A)`, so :math:`\theta` itself is never 
 any network.
 
 * :class:`AdditiveCoupling` (NICE, Dinh et al. 2014): :math:`x_B = z_B + m(z_A)`, volume preserving.
-* :class:`AffineCoupling` (RealNVP, Dinh et al. 2017): :math:`x_B = z_B \odot e^{s(z_A)} + t(z_A)`.
+* :class:`AffineCoupling` (RealNVP, Dinh et al. 2017): :math:`x_B = (z_B - t(z_A)) \odot e^{s(z_A)}`.
 * :class:`Rescale`: NICE's final diagonal scaling, the only part of NICE that changes volume.
 
 Masks follow the paper's convention: ``True`` (1) marks the conditioning part :math:`A`, kept
@@ -380,9 +380,18 @@ class AffineCoupling(_Coupling):
     With mask :math:`b` (``True`` = conditioning part :math:`A`) and a network returning
     :math:`(\tilde s, t)` from :math:`z_A` in one call:
 
-    * forward: :math:`x_A = z_A,\ x_B = z_B \odot e^{s(z_A)} + t(z_A)`
-    * inverse: :math:`z_A = x_A,\ z_B = (x_B - t(x_A)) \odot e^{-s(x_A)}`
+    * forward: :math:`x_A = z_A,\ x_B = (z_B - t(z_A)) \odot e^{s(z_A)}`
+    * inverse: :math:`z_A = x_A,\ z_B = x_B \odot e^{-s(x_A)} + t(x_A)`
     * log-det (forward): :math:`\sum_{i \in B} s_i(z_A)`; the inverse's is its negative.
+
+    **Where the shift sits.** The shift is added on the base side: in the normalizing direction
+    the layer is RealNVP's own :math:`z_B = x_B \odot e^{-s} + t`. Writing
+    :math:`x_B = z_B \odot e^{s} + t'` instead describes the same family (:math:`t' = -t\,e^{s}`),
+    but then the gradient of the density with respect to the shift is scaled by :math:`e^{-s}`
+    and the shift must be learned in data units, coupled to the scale; with the shift on the base
+    side its gradient is the base's score, whatever the scale. On the digits the base-side shift
+    reaches a clearly better test likelihood in the same number of steps (the course's benchmark
+    appendix), and it is how zuko and nflows write their affine layers too.
 
     **Stability.** The log-scale is soft-clamped, :math:`s = c \tanh(\tilde s / c)` with the
     fixed bound :math:`c` = ``log_scale_bound`` (default 2): the identity for small
@@ -432,9 +441,8 @@ class AffineCoupling(_Coupling):
             free = 1 - keep
             log_scale, shift = log_scale * free, shift * free
         if inverse:
-            out = (v - shift) * torch.exp(-log_scale)
-            return out, -_sum(log_scale)
-        return torch.addcmul(shift, v, torch.exp(log_scale)), _sum(log_scale)
+            return torch.addcmul(shift, v, torch.exp(-log_scale)), -_sum(log_scale)
+        return (v - shift) * torch.exp(log_scale), _sum(log_scale)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, log_scale_bound={self.log_scale_bound}"

@@ -160,3 +160,13 @@ def test_no_hidden_test_in_the_book(book: Path) -> None:
         for line in lines:
             assert line not in text and json.dumps(line)[1:-1] not in raw, \
                 f"{path.relative_to(book)} holds a line of a hidden test: {line!r}"
+
+
+def test_appendix_shows_the_benchmark_results(book: Path) -> None:
+    page = (book / "book" / "appendix_benchmarks.html").read_text(encoding="utf8")
+    assert page.count("<table") >= 4, "the benchmark tables did not reach the appendix"
+    for lib in ("flowlib", "zuko", "nflows", "normflows"):
+        assert f"<td><p>{lib}</p></td>" in page or f"<td>{lib}</td>" in page, lib
+    img = re.search(r'<img[^>]+src="([^"]*sampling_cpu\.png)"', page)
+    assert img, "the sampling plot is missing"
+    assert (book / "book" / img.group(1)).resolve().is_file(), "the plot was not copied"

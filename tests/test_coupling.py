@@ -186,7 +186,7 @@ def test_custom_conditioner_is_used():
     layer = AffineCoupling(half_mask(4), Const(), log_scale_bound=None)
     z = torch.randn(3, 4)
     x, ladj = layer(z)
-    assert torch.allclose(x[:, 2:], 2 * z[:, 2:] + 1) and torch.equal(x[:, :2], z[:, :2])
+    assert torch.allclose(x[:, 2:], 2 * (z[:, 2:] - 1)) and torch.equal(x[:, :2], z[:, :2])  # (z - t) e^s
     assert torch.allclose(ladj, torch.full((3,), 2 * math.log(2.0)))
 
 
