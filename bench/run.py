@@ -141,7 +141,7 @@ def bench_maf(args, dev) -> dict:
     """Benchmark 1: MAF (5 layers, MADE 2x64) on 2-D toys, KL to the truth and ms per step."""
     runs = []
     rnd = 0
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name in ("eight_gaussians", "rings"):
             density = flowlib.data.toy(name)
             for lib in rotate(peers.LIBS, rnd):
@@ -195,7 +195,7 @@ def bench_realnvp(args, dev) -> dict:
     reference = bpd(gauss.log_prob(y_test.double()))
 
     runs = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for lib in rotate(peers.LIBS, seed):
             flowlib.seed(seed)
             model = peers.realnvp(lib, dim, layers=8, hidden=(64, 64))
@@ -287,7 +287,7 @@ def bench_distill(args, dev) -> dict:
     minimise KL(student || teacher), with the same loop."""
     density = flowlib.data.toy("eight_gaussians")
     runs, teachers = [], []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         flowlib.seed(seed)
         teacher = peers.maf("flowlib", 2)
         g = torch.Generator().manual_seed(1000 + seed)
@@ -364,7 +364,7 @@ def bench_best(args, dev, maf_result: dict) -> dict:
     """Benchmark 5: flowlib's best model per density, trained by ``flowlib.fit`` for as many steps
     as fit in the fastest peer's benchmark-1 wall time (timed by a short probe first)."""
     runs = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name, cfg in BEST.items():
             density = flowlib.data.toy(name)
             budget_ms, peer = _peer_budget_ms(maf_result, name)
@@ -492,6 +492,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5000, help="benchmarks 1 and 4")
     ap.add_argument("--steps2", type=int, default=2000, help="benchmark 2")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds first_seed .. first_seed + seeds - 1 (more seeds without redoing the first)")
     ap.add_argument("--test-samples", type=int, default=50_000)
     ap.add_argument("--dims", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     ap.add_argument("--batch3", type=int, default=10_000)
