@@ -179,6 +179,13 @@ class MADE(nn.Module):
         """The output layer (e.g. to initialise a flow layer close to the identity)."""
         return self.net[-1]
 
+    def zero_output_(self) -> "MADE":
+        """Set the output layer to zero (in place), so that a flow layer built on this MADE
+        starts as the identity map. Returns the MADE."""
+        nn.init.zeros_(self.last.weight)
+        nn.init.zeros_(self.last.bias)
+        return self
+
     def connectivity(self) -> Tensor:
         """``[outputs * D, D]``: entry ``(i, j)`` counts the paths from input ``j`` to output ``i``
         through the masks (zero exactly where the output cannot depend on the input)."""
@@ -255,8 +262,7 @@ class MaskedAutoregressive(Bijection):
                          context_features=context_features, activation=activation,
                          generator=generator)
         if identity_init:
-            nn.init.zeros_(self.made.last.weight)
-            nn.init.zeros_(self.made.last.bias)
+            self.made.zero_output_()
 
     @property
     def order(self) -> Tensor:

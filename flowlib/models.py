@@ -88,6 +88,19 @@ def iaf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), *,
 # ---------------------------------------------------------------------------- coupling flows
 
 
+def _image_shape(name: str, dim: int | None, shape: Sequence[int] | None) -> tuple[int, ...] | None:
+    """``shape`` as ``(C, H, W)`` for an image model, ``None`` for a vector model (``dim``);
+    exactly one of the two must be given."""
+    if (dim is None) == (shape is None):
+        raise ValueError(f"{name}: give either dim (vectors) or shape=(C, H, W) (images)")
+    if shape is None:
+        return None
+    shp = tuple(int(s) for s in shape)
+    if len(shp) != 3:
+        raise ValueError(f"{name}: shape must be (C, H, W), got {shp}")
+    return shp
+
+
 def _vector_masks(dim: int, mask: str | Tensor) -> tuple[Tensor, Tensor]:
     """The two complementary vector masks the couplings alternate between."""
     import torch
@@ -215,15 +228,11 @@ def realnvp(dim: int | None = None, *, shape: Sequence[int] | None = None,
         >>> flow.sample(4).shape
         torch.Size([4, 1, 8, 8])
     """
-    if (dim is None) == (shape is None):
-        raise ValueError("realnvp: give either dim (vectors) or shape=(C, H, W) (images)")
+    shp = _image_shape("realnvp", dim, shape)
     steps: list[Bijection] = []  # normalizing order: data first
     if logit is not None:
         steps.append(LogitPreprocess(logit))
-    if shape is not None:
-        shp = tuple(int(s) for s in shape)
-        if len(shp) != 3:
-            raise ValueError(f"realnvp: shape must be (C, H, W), got {shp}")
+    if shp is not None:
         body = _realnvp_image(shp, 3 if couplings is None else int(couplings),  # type: ignore[arg-type]
                               32 if hidden is None else int(hidden), blocks,  # type: ignore[arg-type]
                               scales, batch_norm, context, activation, log_scale_bound)
@@ -318,13 +327,9 @@ def glow(dim: int | None = None, *, shape: Sequence[int] | None = None, steps: i
     """
     from .invconv import GlowStep
 
-    if (dim is None) == (shape is None):
-        raise ValueError("glow: give either dim (vectors) or shape=(C, H, W) (images)")
+    shp = _image_shape("glow", dim, shape)
     pre: list[Bijection] = [LogitPreprocess(logit)] if logit is not None else []
-    if shape is not None:
-        shp = tuple(int(s) for s in shape)
-        if len(shp) != 3:
-            raise ValueError(f"glow: shape must be (C, H, W), got {shp}")
+    if shp is not None:
         body = _glow_image(shp, 4 if steps is None else int(steps),  # type: ignore[arg-type]
                            32 if hidden is None else int(hidden), blocks,  # type: ignore[arg-type]
                            int(scales), permutation, learned_prior, context, activation,

@@ -275,8 +275,7 @@ class SplineAutoregressive(Bijection):
                          context_features=context_features, activation=activation,
                          generator=generator)
         if identity_init:
-            nn.init.zeros_(self.made.last.weight)
-            nn.init.zeros_(self.made.last.bias)
+            self.made.zero_output_()
 
     @property
     def order(self) -> Tensor:

@@ -248,16 +248,6 @@ def test_alternating_orders_equal_reversals_between_layers():
     assert torch.allclose(folded.bijection(z)[0], classic_flow.bijection(z)[0], atol=1e-10)
 
 
-@pytest.fixture
-def one_thread():
-    # Small MLPs gain nothing from a second thread, and two pytest workers with two threads
-    # each on two cores make OpenMP spin: a step then takes 20x longer.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_maf_learns_eight_gaussians(one_thread):
     flowlib.seed(0)
     density = flowlib.data.toy("eight_gaussians")

@@ -32,12 +32,9 @@ def bench():
 
 
 @pytest.fixture
-def flowlib_only(bench, monkeypatch):
+def flowlib_only(bench, monkeypatch, one_thread):
     monkeypatch.setattr(bench.peers, "LIBS", ("flowlib",))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield bench
-    torch.set_num_threads(n)
+    return bench
 
 
 def _args(**kw) -> Namespace:

@@ -13,12 +13,8 @@ from flowlib.models import nice, realnvp
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models: one thread avoids OpenMP spin-waits on a busy CPU (5x faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Small models: every test of this file runs on one thread (see conftest.one_thread)."""
 
 
 def _fit(flow, name, steps):

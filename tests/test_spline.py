@@ -312,16 +312,6 @@ def test_nsf_factory(kind):
     assert cond.log_prob(torch.randn(4, 2), context=torch.randn(4, 3)).shape == (4,)
 
 
-@pytest.fixture
-def one_thread():
-    # Small networks gain nothing from a second thread, and two pytest workers with two threads
-    # each on two cores make OpenMP spin.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_nsf_learns_eight_gaussians(one_thread):
     flowlib.seed(0)
     density = flowlib.data.toy("eight_gaussians")
