@@ -134,15 +134,15 @@ def gaussian_ar_kl(student: Flow, teacher: Flow, n: int) -> Tensor:
                          "ordering (otherwise the conditionals are not Gaussian)")
     z = student.base.sample(int(n))
     x, log_sigma_s = z, torch.zeros_like(z)
-    for m in s_layers:                 # IAF layer = MAF layer's inverse: x <- (x - mu) e^{-alpha}
-        mu, alpha = m._params(x, None)
-        x = (x - mu) * torch.exp(-alpha)
+    for m in s_layers:                 # IAF layer = MAF layer's inverse: x <- x e^{-alpha} - beta
+        beta, alpha = m.shift_and_log_scale(x)
+        x = x * torch.exp(-alpha) - beta
         log_sigma_s = log_sigma_s - alpha
     mu_s = x - torch.exp(log_sigma_s) * z
     u, log_sigma_t = x, torch.zeros_like(x)
-    for m in reversed(t_layers):       # normalizing pass of the MAF: u <- (u - mu) e^{-alpha}
-        mu, alpha = m._params(u, None)
-        u = (u - mu) * torch.exp(-alpha)
+    for m in reversed(t_layers):       # normalizing pass of the MAF: u <- u e^{-alpha} - beta
+        beta, alpha = m.shift_and_log_scale(u)
+        u = u * torch.exp(-alpha) - beta
         log_sigma_t = log_sigma_t + alpha
     mu_t = x - torch.exp(log_sigma_t) * u
     return gaussian_kl(mu_s, log_sigma_s, mu_t, log_sigma_t).sum(1)

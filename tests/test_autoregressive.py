@@ -3,6 +3,8 @@ maf/iaf factories, and a short training run."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -108,7 +110,7 @@ def test_maf_layer_jacobian_is_triangular_in_its_order(order):
     perm = torch.argsort(pos)
     Js = J[:, perm][:, :, perm]
     assert torch.equal(Js, Js.tril())
-    _, alpha = layer._params(x, None)
+    _, alpha = layer.conditionals(x)
     assert torch.allclose(torch.diagonal(Js, dim1=1, dim2=2), torch.exp(-alpha)[:, perm])
     assert torch.allclose(layer.inverse(x)[1], -alpha.sum(1))
 
@@ -127,16 +129,47 @@ def test_log_scale_is_soft_clamped():
         for p in layer.parameters():
             p.normal_(0, 50.0)
     x = torch.randn(64, 4) * 10
-    _, alpha = layer._params(x, None)
-    assert alpha.abs().max() <= 2.0
+    _, alpha = layer.shift_and_log_scale(x)
+    assert alpha.abs().max() <= 2.0 and alpha.abs().max() > 1.5   # the bound binds, softly
+    # the arctangent clamp (2c/pi) atan(pi r / 2c) of the MADE's raw output: slope 1 at 0
+    raw = layer.made(x)[:, 1]
+    assert torch.allclose(alpha, (4.0 / math.pi) * torch.atan(raw * math.pi / 4.0))
+    # its slope at raw = 1 with c = 2 is 1 / (1 + (pi/4)^2)
+    small = MaskedAutoregressive(1, (), max_log_scale=2.0)
+    with torch.no_grad():
+        small.made.last.bias.copy_(torch.tensor([0.0, 1.0]))
+    a = torch.autograd.grad(small.shift_and_log_scale(torch.zeros(1, 1))[1].sum(),
+                            small.made.last.bias)[0][1]
+    assert torch.isclose(a, torch.tensor(1 / (1 + (math.pi / 4) ** 2)))
     z, ladj = layer.inverse(x)
     assert torch.isfinite(z).all() and (ladj.abs() <= 4 * 2.0 + 1e-5).all()
     with pytest.raises(ValueError, match="max_log_scale"):
         MaskedAutoregressive(4, max_log_scale=0)
+    with pytest.raises(ValueError, match="max_log_scale"):
+        MaskedAutoregressive(4, max_log_scale=float("nan"))
     with pytest.raises(ValueError, match="expected shape"):
         layer.inverse(torch.zeros(3, 5))
     with pytest.raises(ValueError, match="non-finite"):
         maf(4, layers=2, hidden=(8,)).log_prob(torch.full((3, 4), float("nan")))
+
+
+def test_maf_layer_is_a_gaussian_autoregressive_model():
+    """One layer's density is the chain rule over the Gaussian conditionals N(mu_i, e^{2 alpha_i})
+    that ``conditionals`` reports, and mu = e^alpha * beta."""
+    layer = perturb(MaskedAutoregressive(D, (16,), order="random",
+                                         generator=torch.Generator().manual_seed(5)), 0.5).double()
+    flow = flowlib.Flow(layer, flowlib.StandardNormal(D))
+    x = _randn(6, D, seed=4)
+    mu, alpha = layer.conditionals(x)
+    chain = torch.distributions.Normal(mu, alpha.exp()).log_prob(x).sum(1)
+    assert torch.allclose(flow.log_prob(x), chain, atol=1e-10)
+    beta, alpha2 = layer.shift_and_log_scale(x)
+    assert torch.equal(alpha, alpha2) and torch.allclose(mu, beta * alpha.exp())
+    # ...and sampling draws x_i = mu_i + e^{alpha_i} z_i, with mu, alpha read at the sample
+    z = _randn(6, D, seed=5)
+    xs, _ = layer(z)
+    mu, alpha = layer.conditionals(xs)
+    assert torch.allclose(xs, mu + alpha.exp() * z, atol=1e-10)
 
 
 def test_identity_init():

@@ -38,7 +38,7 @@ def flowlib_only(bench, monkeypatch, one_thread):
 
 
 def _args(**kw) -> Namespace:
-    base = dict(steps=20, steps2=10, seeds=1, first_seed=0, test_samples=500, dims=[2, 4], batch3=64, repeats=1,
+    base = dict(steps=20, steps2=10, seeds=1, seeds1=1, first_seed=0, test_samples=500, dims=[2, 4], batch3=64, repeats=1,
                 probe_steps=5)
     return Namespace(**(base | kw))
 
