@@ -5,7 +5,7 @@ Direction follows the lectures: ``forward`` is generative (z -> x), ``inverse`` 
 """
 
 from . import data, metrics, testing, train, viz
-from .bijection import Bijection, Compose, Inverse, check_input
+from .bijection import Bijection, Compose, Inverse, check_input, soft_clamp
 from .distributions import BaseDistribution, DiagonalGaussian, Flow, StandardLogistic, StandardNormal
 from .elementwise import ElementwiseAffine, Exp, LeakyReLU, Sigmoid, SinhArcsinh, Tanh
 from .linear import Linear, Permutation
@@ -28,7 +28,7 @@ from .distill import kl_estimate
 __version__ = "0.1.0"
 
 __all__ = [
-    "Bijection", "Compose", "Inverse", "check_input",
+    "Bijection", "Compose", "Inverse", "check_input", "soft_clamp",
     "BaseDistribution", "StandardNormal", "DiagonalGaussian", "StandardLogistic", "Flow",
     "ElementwiseAffine", "Exp", "Sigmoid", "Tanh", "LeakyReLU", "SinhArcsinh",
     "Linear", "Permutation",

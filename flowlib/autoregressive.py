@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bijection import Bijection, check_input
+from .bijection import Bijection, check_input, soft_clamp
 
 __all__ = ["MaskedLinear", "MADE", "MaskedAutoregressive", "made_order"]
 
@@ -246,7 +246,8 @@ class MaskedAutoregressive(Bijection):
     * the network predicts :math:`\beta`, so :math:`\partial z_i / \partial \beta_i = -1`; the
       textbook mean's gradient is damped by :math:`e^{-\alpha_i}` wherever the layer expands;
     * the soft clamp :math:`|\alpha| < c` (``max_log_scale``, default 3: one layer scales by at
-      most :math:`e^{\pm c}`, so the sequential pass cannot blow up) is an arctangent, whose slope
+      most :math:`e^{\pm c}`, so the sequential pass cannot blow up) is an arctangent
+      (:func:`~flowlib.bijection.soft_clamp`), whose slope
       :math:`1 / (1 + (\pi\tilde\alpha / 2c)^2)` decays polynomially, not exponentially like
       ``tanh``'s: a layer that has grown a large scale can still change it. It is the identity
       near 0, where the layer starts: the MADE's output layer starts at zero (``identity_init``).
@@ -275,7 +276,6 @@ class MaskedAutoregressive(Bijection):
                              f"got {max_log_scale}")
         self.features = int(features)
         self.max_log_scale = float(max_log_scale)
-        self._k = math.pi / (2.0 * self.max_log_scale)   # the clamp's slope at 0 is 1
         self.made = MADE(features, hidden, outputs=2, order=order,
                          context_features=context_features, activation=activation,
                          generator=generator)
@@ -290,7 +290,7 @@ class MaskedAutoregressive(Bijection):
                             ) -> tuple[Tensor, Tensor]:
         r""":math:`(\beta, \alpha)` at ``x``, each ``[B, D]``: one MADE pass, soft clamp applied."""
         beta, raw = self.made(x, context).unbind(1)
-        return beta, torch.atan(raw * self._k) * (1.0 / self._k)
+        return beta, soft_clamp(raw, self.max_log_scale)
 
     def conditionals(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         r""":math:`(\mu, \alpha)`: mean and log-standard-deviation of every Gaussian conditional
@@ -306,9 +306,10 @@ class MaskedAutoregressive(Bijection):
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(x, "inverse")
         beta, raw = self.made(x, context).unbind(1)
-        # -alpha computed directly (the clamp is odd): as few elementwise kernels as possible on
-        # the path every training step takes, where such small operations are most of the cost.
-        k = self._k
+        # -alpha = soft_clamp(-raw) written out, the clamp being odd: the sign rides on the
+        # scalar multiply, one kernel fewer on the path every training step takes, where such
+        # small operations are most of the cost. (The tests compare it with soft_clamp.)
+        k = math.pi / (2.0 * self.max_log_scale)
         neg_alpha = torch.atan(raw * (-k)) * (1.0 / k)
         return x * torch.exp(neg_alpha) - beta, neg_alpha.sum(1)
 

@@ -15,12 +15,27 @@ So ``inverse(forward(z)[0])[0]`` gives back ``z`` and the two log-determinants s
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Bijection", "Compose", "Inverse", "check_input"]
+__all__ = ["Bijection", "Compose", "Inverse", "check_input", "soft_clamp"]
+
+
+def soft_clamp(raw: Tensor, bound: float) -> Tensor:
+    r"""The log-scale clamp of the affine layers: :math:`\frac{2c}{\pi}\arctan\frac{\pi r}{2c}` with
+    :math:`c` = ``bound`` > 0.
+
+    The identity near 0 (slope 1), strictly inside :math:`(-c, c)`, and odd. Its slope
+    :math:`1 / (1 + (\pi r / 2c)^2)` decays polynomially, where ``c * tanh(r / c)``'s decays
+    exponentially: a layer whose raw output has grown large still gets a gradient to change its
+    scale. On the course's benchmarks (``bench/``) it trains both the MAF and the affine coupling
+    flow to better likelihoods than the ``tanh`` clamp.
+    """
+    k = math.pi / (2.0 * bound)
+    return torch.atan(raw * k) * (1.0 / k)
 
 
 def check_input(x: Tensor, *, dims: Sequence[int] | None = None, ndim: Sequence[int] | None = None,

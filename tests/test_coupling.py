@@ -188,6 +188,13 @@ def test_custom_conditioner_is_used():
     x, ladj = layer(z)
     assert torch.allclose(x[:, 2:], 2 * (z[:, 2:] - 1)) and torch.equal(x[:, :2], z[:, :2])  # (z - t) e^s
     assert torch.allclose(ladj, torch.full((3,), 2 * math.log(2.0)))
+    # with the default clamp the same raw log-scale goes through soft_clamp: (2c/pi) atan(pi r / 2c)
+    clamped = AffineCoupling(half_mask(4), Const(), log_scale_bound=0.5)
+    x, ladj = clamped(z)
+    s = (1.0 / math.pi) * math.atan(math.pi * math.log(2.0))
+    assert torch.allclose(ladj, torch.full((3,), 2 * s))
+    assert torch.allclose(x[:, 2:], (z[:, 2:] - 1) * math.exp(s))
+    assert torch.allclose(flowlib.soft_clamp(torch.tensor([math.log(2.0)]), 0.5), torch.tensor([s]))
 
 
 def test_conditioner_last_layers_start_at_zero():
