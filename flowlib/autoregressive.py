@@ -22,7 +22,6 @@ IAF (.inv)  D MADE passes (sequential)  1 MADE pass (parallel)
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -217,7 +216,30 @@ class MADE(nn.Module):
                 f"context_features={self.context_features}")
 
 
-class MaskedAutoregressive(Bijection):
+class _MADELayer(Bijection):
+    """Base of the flow layers whose parameters all come from one :class:`MADE` pass
+    (:class:`MaskedAutoregressive`, :class:`~flowlib.spline.SplineAutoregressive`): it builds the
+    MADE, with a zero output layer when ``identity_init`` (so the layer starts as the identity
+    map), and exposes its ordering."""
+
+    def __init__(self, features: int, hidden: Sequence[int], outputs: int,
+                 order: str | Sequence[int] | Tensor, context_features: int,
+                 activation: str | type[nn.Module], identity_init: bool,
+                 generator: torch.Generator | None):
+        super().__init__()
+        self.features = int(features)
+        self.made = MADE(features, hidden, outputs=outputs, order=order,
+                         context_features=context_features, activation=activation,
+                         generator=generator)
+        if identity_init:
+            self.made.zero_output_()
+
+    @property
+    def order(self) -> Tensor:
+        return self.made.order
+
+
+class MaskedAutoregressive(_MADELayer):
     r"""One layer of the masked autoregressive flow (MAF, Papamakarios et al., 2017); its
     ``.inv`` is one layer of the inverse autoregressive flow (IAF, Kingma et al., 2016).
 
@@ -270,21 +292,12 @@ class MaskedAutoregressive(Bijection):
                  order: str | Sequence[int] | Tensor = "natural", context_features: int = 0,
                  activation: str | type[nn.Module] = "relu", max_log_scale: float = 3.0,
                  identity_init: bool = True, generator: torch.Generator | None = None):
-        super().__init__()
         if not max_log_scale > 0:
             raise ValueError(f"MaskedAutoregressive: max_log_scale must be positive, "
                              f"got {max_log_scale}")
-        self.features = int(features)
+        super().__init__(features, hidden, 2, order, context_features, activation,
+                         identity_init, generator)
         self.max_log_scale = float(max_log_scale)
-        self.made = MADE(features, hidden, outputs=2, order=order,
-                         context_features=context_features, activation=activation,
-                         generator=generator)
-        if identity_init:
-            self.made.zero_output_()
-
-    @property
-    def order(self) -> Tensor:
-        return self.made.order
 
     def shift_and_log_scale(self, x: Tensor, context: Tensor | None = None
                             ) -> tuple[Tensor, Tensor]:
@@ -306,11 +319,9 @@ class MaskedAutoregressive(Bijection):
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(x, "inverse")
         beta, raw = self.made(x, context).unbind(1)
-        # -alpha = soft_clamp(-raw) written out, the clamp being odd: the sign rides on the
-        # scalar multiply, one kernel fewer on the path every training step takes, where such
-        # small operations are most of the cost. (The tests compare it with soft_clamp.)
-        k = math.pi / (2.0 * self.max_log_scale)
-        neg_alpha = torch.atan(raw * (-k)) * (1.0 / k)
+        # -alpha with the sign folded into the clamp: one kernel fewer on the path every training
+        # step takes, where such small operations are most of the cost.
+        neg_alpha = soft_clamp(raw, self.max_log_scale, negate=True)
         return x * torch.exp(neg_alpha) - beta, neg_alpha.sum(1)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 __all__ = ["Bijection", "Compose", "Inverse", "check_input", "soft_clamp"]
 
 
-def soft_clamp(raw: Tensor, bound: float) -> Tensor:
+def soft_clamp(raw: Tensor, bound: float, *, negate: bool = False) -> Tensor:
     r"""The log-scale clamp of the affine layers: :math:`\frac{2c}{\pi}\arctan\frac{\pi r}{2c}` with
     :math:`c` = ``bound`` > 0.
 
@@ -33,9 +33,12 @@ def soft_clamp(raw: Tensor, bound: float) -> Tensor:
     exponentially: a layer whose raw output has grown large still gets a gradient to change its
     scale. On the course's benchmarks (``bench/``) it trains both the MAF and the affine coupling
     flow to better likelihoods than the ``tanh`` clamp.
+
+    ``negate=True`` returns ``-soft_clamp(raw, bound)`` at the cost of the positive one (the clamp
+    is odd, so the sign rides on the scalar multiply).
     """
     k = math.pi / (2.0 * bound)
-    return torch.atan(raw * k) * (1.0 / k)
+    return torch.atan(raw * (-k if negate else k)) * (1.0 / k)
 
 
 def check_input(x: Tensor, *, dims: Sequence[int] | None = None, ndim: Sequence[int] | None = None,

@@ -80,8 +80,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .autoregressive import MADE
-from .bijection import Bijection, check_input
+from .autoregressive import _MADELayer
+from .bijection import check_input
 from .coupling import _Coupling
 
 __all__ = ["rq_spline", "SplineAutoregressive", "SplineCoupling"]
@@ -230,7 +230,7 @@ def rq_spline(x: Tensor, widths: Tensor, heights: Tensor, derivatives: Tensor, b
     return y.view_as(x), ld.view_as(x)
 
 
-class SplineAutoregressive(Bijection):
+class SplineAutoregressive(_MADELayer):
     r"""A masked autoregressive layer whose elementwise map is a rational-quadratic spline
     (the autoregressive NSF of Durkan et al., 2019); its ``.inv`` is the IAF-style layer.
 
@@ -268,18 +268,10 @@ class SplineAutoregressive(Bijection):
                  bound: float = 4.0, order: str | Sequence[int] | Tensor = "natural",
                  context_features: int = 0, activation: str | type[nn.Module] = "relu",
                  identity_init: bool = True, generator: torch.Generator | None = None):
-        super().__init__()
         _check_params(bins, bound, "SplineAutoregressive")
-        self.features, self.bins, self.bound = int(features), int(bins), float(bound)
-        self.made = MADE(features, hidden, outputs=3 * self.bins - 1, order=order,
-                         context_features=context_features, activation=activation,
-                         generator=generator)
-        if identity_init:
-            self.made.zero_output_()
-
-    @property
-    def order(self) -> Tensor:
-        return self.made.order
+        super().__init__(features, hidden, 3 * int(bins) - 1, order, context_features, activation,
+                         identity_init, generator)
+        self.bins, self.bound = int(bins), float(bound)
 
     def _spline(self, v: Tensor, x: Tensor, context: Tensor | None,
                 inverse: bool) -> tuple[Tensor, Tensor]:
