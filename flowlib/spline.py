@@ -326,6 +326,7 @@ class SplineCoupling(_Coupling):
         activation: the MLP's activation.
 
     Example:
+        >>> from flowlib import alternating_mask
         >>> layer = SplineCoupling(alternating_mask(4), hidden=(16,), bins=6)
         >>> x, ladj = layer(torch.randn(3, 4))
     """
