@@ -69,8 +69,20 @@ bench: $(BENCH_STAMP)
 	bench/.venv/bin/python bench/run.py $(ARGS)
 	@echo "Results: $(CURDIR)/bench/results/"
 
+# JupyterLab on http://localhost:$(PORT)/lab, opening no browser (a container has no display):
+# Jupyter prints the link with its login token once it is up. On a busy port it stops rather than
+# move to another, so the link and the book's launch buttons stay right: make lab PORT=8899.
+# --allow-root only as root (containers, cloud VMs), where JupyterLab refuses to start without it.
+# LAB_TOKEN sets the token (through the environment, not the command line that ps shows; empty:
+# Jupyter draws one); LAB_ARGS adds options, e.g. LAB_ARGS=--ip=0.0.0.0 inside a container.
+PORT ?= 8888
+LAB_TOKEN ?=
+LAB_ARGS ?=
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=$(CURDIR)
+	@echo "JupyterLab on http://localhost:$(PORT)/lab (the link with its token follows when it is up)"
+	@$(if $(LAB_TOKEN),JUPYTER_TOKEN='$(LAB_TOKEN)') $(BIN)/jupyter lab --no-browser \
+	  --port=$(PORT) --port-retries=0 $(if $(filter 0,$(shell id -u)),--allow-root) \
+	  --notebook-dir=$(CURDIR) $(LAB_ARGS)
 
 clean:
 	rm -rf _build .cache grading .pytest_cache
