@@ -1,0 +1,460 @@
+"""The trusted harness: runs every test cell in the grader's own process, with the student's
+definitions as proxies to the sandboxed kernel.
+
+Verdicts come from here only. A test calls ``student_fn(x)``: the arguments are encoded as plain
+data (a function or object of the test travels as a reference the student's code can call back),
+the student's code runs in the kernel, and plain data comes back. What the student's code can do
+to harness objects is limited by :meth:`HarnessEndpoint.allow`: call what it was handed, read
+public data attributes, iterate, and set ``requires_grad`` of a parameter it was handed
+(freezing a teacher); never reach ``_private`` or ``__dunder__`` attributes, modules, or the
+module-level machinery of ``torch.nn.Module`` (hooks, ``apply``, ``load_state_dict``...).
+
+**Autograd across the boundary.** When a test differentiates through a student's function (an
+autograd Jacobian, ``loss.backward()``), the call's outputs are produced by :class:`RemoteCall`,
+whose backward asks the kernel for the vector-Jacobian product ``v^T J`` and *checks it* against
+central finite differences of value calls along a random direction ``u`` the kernel never sees:
+
+    v^T (f(x + eps u) - f(x - eps u)) / (2 eps)  ~=  (J^T v) . u
+
+A detached or forged gradient fails that check, and the test fails with a clear message.
+Gradients with respect to values a test's callbacks produced (a teacher's log-density of the
+student's samples, the parameters of a student flow the test holds) flow back into the harness's
+own graph, where the test checks them against values it computes itself.
+
+Global randomness: before each call the kernel's CPU generator is set to the harness's state, so
+``torch.manual_seed(s); student_fn()`` draws what it would draw in one process. The kernel's
+state never flows back: the student cannot choose the harness's next random test inputs.
+"""
+from __future__ import annotations
+
+import builtins
+import collections
+import contextlib
+import io
+import itertools
+import math
+import time
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .rpc import Endpoint, Proxy, RemoteError
+from .sandbox import Kernel, SandboxLimits, start_kernel
+from .wire import WireError, read_frame
+
+__all__ = ["Harness", "HarnessEndpoint", "RemoteCall", "TestResult", "GradientMismatch"]
+
+# torch.nn.Module's own methods a student's code may use on a module the test handed over: the
+# ones that only read. Hooks, apply, load_state_dict, to(), register_* ... stay out of reach.
+_MODULE_READERS = {"parameters", "named_parameters", "buffers", "named_buffers", "children",
+                   "named_children", "modules", "named_modules", "state_dict", "forward",
+                   "training", "extra_repr"}
+
+
+class GradientMismatch(AssertionError):
+    """The gradient the student's code reported disagrees with finite differences."""
+
+
+class _LRU(collections.OrderedDict):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+@dataclass
+class _Frame:
+    """One request of the harness: what it sent and got that autograd needs."""
+    op: str
+    serve_depth: int
+    n: int | None = None
+    imports: list = field(default_factory=list)     # (import id, harness tensor, explicit)
+    outputs: list = field(default_factory=list)     # tensors decoded from the reply
+
+
+class HarnessEndpoint(Endpoint):
+    side = "h"
+
+    def __init__(self, rfd: int, wfd: int):
+        super().__init__(rfd, wfd)
+        self.grad_exports = _LRU(100_000)   # import id -> harness tensor sent with grad
+        self.callbacks = _LRU(100_000)      # callback id -> leaves made of the kernel's tensors
+        self._imp_ids = itertools.count(1)
+        self._cb_ids = itertools.count(1)
+        self._frames: list[_Frame] = []
+        self._serving: list[dict] = []
+        self._decoding: str = ""
+        self.generator = torch.Generator().manual_seed(20261201)  # finite-difference directions
+
+    # ------------------------------------------------------------------ policy
+    def allow(self, op: str, obj: Any, name: str | None = None) -> None:
+        if op == "call":
+            if not callable(obj):
+                raise PermissionError("not callable")
+            return
+        if op == "op":
+            return
+        if op == "getattr":
+            if name is None or name.startswith("_"):
+                raise PermissionError("private attribute")
+            if isinstance(obj, (types.ModuleType, torch.Tensor)):
+                raise PermissionError("attributes of this object are not shared")
+            if isinstance(obj, torch.nn.Module) and name not in _MODULE_READERS:
+                for klass in type(obj).__mro__:
+                    if name in vars(klass):
+                        if klass is torch.nn.Module:
+                            raise PermissionError(f"{name} of a module is not shared")
+                        break
+            return
+        raise PermissionError(f"{op} is not allowed on the grader's objects")
+
+    # ------------------------------------------------------------------ autograd link
+    def on_request(self, n: int, op: str) -> None:
+        frame = self._frames[-1] if self._frames else None
+        if frame is not None and frame.n is None:
+            frame.n = n
+
+    def request(self, op: str, *args: Any) -> Any:
+        frame = _Frame(op, len(self._serving))
+        self._frames.append(frame)
+        try:
+            result = super().request(op, *args)
+        finally:
+            self._frames.pop()
+        self._last_frame = frame
+        return result
+
+    def tensor_meta(self, t: torch.Tensor) -> dict:
+        meta: dict = {}
+        if isinstance(t, torch.nn.Parameter):
+            meta["param"] = self.export(t).id
+            meta["rg"] = t.requires_grad
+        if t.requires_grad and t.is_floating_point() and torch.is_grad_enabled():
+            imp = next(self._imp_ids)
+            self.grad_exports.put(imp, t)
+            meta["imp"] = imp
+            if self._serving:
+                meta["cb"] = self._serving[-1]["cb"]
+            if self._frames:
+                frame = self._frames[-1]
+                frame.imports.append((imp, t, len(self._serving) == frame.serve_depth))
+        return meta
+
+    def decode(self, tree: Any, buffers: list[bytes], context: str) -> Any:
+        previous, self._decoding = self._decoding, context
+        try:
+            return super().decode(tree, buffers, context)
+        finally:
+            self._decoding = previous
+
+    def on_tensor(self, t: torch.Tensor, record: dict) -> torch.Tensor:
+        if self._decoding == "reply":
+            if self._frames:
+                self._frames[-1].outputs.append(t)
+        elif self._serving and record.get("rg") is True and t.is_floating_point():
+            t.requires_grad_(True)
+            self._serving[-1]["leaves"].append(t)
+        return t
+
+    def serve(self, header: dict, buffers: list[bytes]) -> None:
+        state = {"cb": next(self._cb_ids), "leaves": []}
+        self.callbacks.put(state["cb"], state["leaves"])
+        self._serving.append(state)
+        try:
+            with torch.enable_grad():
+                super().serve(header, buffers)
+        finally:
+            self._serving.pop()
+
+    def describe(self, exc: BaseException) -> dict:
+        # the kernel learns that its callback failed and why, in the harness's words only
+        return {"type": type(exc).__name__, "message": str(exc)[:300]}
+
+    def handle(self, op: str, args: list) -> Any:
+        if op == "cb_backward" and len(args) == 4:
+            return self._cb_backward(*args)
+        if op == "set_requires_grad" and len(args) == 2 and type(args[1]) is bool:
+            param = self.resolve_own(args[0]) if not isinstance(args[0], int) else \
+                self.exports.get(args[0])
+            if not isinstance(param, torch.nn.Parameter):
+                raise PermissionError("only a parameter's requires_grad may be set")
+            param.requires_grad_(args[1])
+            return None
+        return super().handle(op, args)
+
+    def _cb_backward(self, cb: Any, imports: Any, grads: Any, accumulate: Any) -> list:
+        leaves = self.callbacks.get(cb, []) if cb is not None else []
+        if not isinstance(imports, list) or not isinstance(grads, list) \
+                or len(imports) != len(grads):
+            raise WireError("malformed gradient request")
+        outs, gs = [], []
+        for imp, g in zip(imports, grads):
+            t = self.grad_exports.get(imp) if type(imp) is int else None
+            if t is None or not isinstance(g, torch.Tensor) or g.shape != t.shape:
+                continue
+            if t.requires_grad:
+                outs.append(t)
+                gs.append(g.to(t.dtype))
+        wanted = [leaf for leaf in leaves if leaf.requires_grad]
+        if not outs:
+            return [None] * len(leaves)
+        if accumulate is True:
+            for leaf in wanted:
+                leaf.grad = None
+            torch.autograd.backward(outs, gs, retain_graph=True)
+            got = [leaf.grad for leaf in leaves]
+            for leaf in wanted:
+                leaf.grad = None
+            return got
+        if not wanted:
+            return [None] * len(leaves)
+        res = torch.autograd.grad(outs, wanted, gs, retain_graph=True, allow_unused=True)
+        by_id = {id(leaf): g for leaf, g in zip(wanted, res)}
+        return [by_id.get(id(leaf)) for leaf in leaves]
+
+    # ------------------------------------------------------------------ calls
+    def call(self, ref, args: tuple, kwargs: dict) -> Any:
+        rng = torch.get_rng_state().numpy().tobytes()
+        result = self.request("call", ref, args, kwargs, rng)
+        frame = self._last_frame
+        if not (torch.is_grad_enabled() and frame.imports):
+            return result
+        outputs = [t for t in frame.outputs]
+        if not any(t.is_floating_point() for t in outputs):
+            return result
+        info = _CallInfo(self, frame.n, ref, args, kwargs, frame.imports, outputs)
+        new = RemoteCall.apply(info, *[t for _, t, _ in frame.imports], *outputs)
+        swap = {id(old): fresh for old, fresh in zip(outputs, new)}
+        return _replace(result, swap)
+
+
+@dataclass
+class _CallInfo:
+    endpoint: HarnessEndpoint
+    n: int | None
+    ref: Any
+    args: tuple
+    kwargs: dict
+    imports: list
+    outputs: list
+
+
+class RemoteCall(torch.autograd.Function):
+    """The outputs of a call into the sandbox, as a node of the harness's graph. Inputs: the
+    harness tensors the call sent with requires_grad (its arguments and its callbacks'
+    results), then the outputs' values."""
+
+    @staticmethod
+    def forward(ctx, info: _CallInfo, *tensors: torch.Tensor):
+        ctx.info = info
+        outs = tuple(t.clone() for t in tensors[len(info.imports):])
+        ctx.mark_non_differentiable(*[o for o in outs if not o.is_floating_point()])
+        return outs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads: torch.Tensor):
+        info: _CallInfo = ctx.info
+        ep = info.endpoint
+        sent = [g if g is not None else torch.zeros_like(o) for g, o in zip(grads, info.outputs)]
+        with torch.no_grad():
+            answer = ep.request("vjp", info.n, sent, [imp for imp, _, _ in info.imports])
+        if not isinstance(answer, list) or len(answer) != len(info.imports):
+            raise GradientMismatch("the student's code sent a malformed gradient")
+        got = []
+        for (imp, t, _), g in zip(info.imports, answer):
+            if g is None:
+                got.append(torch.zeros_like(t))
+            elif isinstance(g, torch.Tensor) and g.shape == t.shape:
+                got.append(g.to(t.dtype))
+            else:
+                raise GradientMismatch("the student's code sent a gradient of the wrong shape")
+        _check_by_finite_differences(info, sent, got)
+        return (None, *got, *([None] * len(info.outputs)))
+
+
+def _check_by_finite_differences(info: _CallInfo, v: list, grads: list) -> None:
+    explicit = [(t, g) for (_, t, is_arg), g in zip(info.imports, grads) if is_arg]
+    if not explicit:
+        return
+    ep = info.endpoint
+    dirs = []
+    for t, _ in explicit:
+        u = torch.randn(t.shape, generator=ep.generator, dtype=torch.float64).to(t.dtype)
+        dirs.append(u / max(u.norm().item(), 1e-30))
+    double = all(t.dtype == torch.float64 for t, _ in explicit)
+    scale = max(1.0, max(t.detach().abs().max().item() if t.numel() else 0.0
+                         for t, _ in explicit))
+    eps = (1e-6 if double else 1e-2) * scale
+
+    def at(sign: float) -> list:
+        swap = {id(t): (t.detach() + sign * eps * u) for (t, _), u in zip(explicit, dirs)}
+        args = _replace(info.args, swap)
+        kwargs = _replace(info.kwargs, swap)
+        with torch.no_grad():
+            ep.request("call", info.ref, args, kwargs, torch.get_rng_state().numpy().tobytes())
+        return ep._last_frame.outputs
+
+    plus, minus = at(1.0), at(-1.0)
+    if len(plus) != len(info.outputs) or len(minus) != len(info.outputs):
+        raise GradientMismatch("the student's function gave outputs of another structure when "
+                               "called again (is it deterministic?)")
+    fd, size = 0.0, 0.0
+    for vk, o, p, m in zip(v, info.outputs, plus, minus):
+        if not o.is_floating_point():
+            continue
+        if p.shape != o.shape or m.shape != o.shape:
+            raise GradientMismatch("the student's function changed its output shape")
+        diff = (p.double() - m.double()) / (2 * eps)
+        fd += float((vk.double() * diff).sum())
+        size += float(vk.double().abs().sum()) * (1.0 + float(o.detach().double().abs().max())
+                                                 if o.numel() else 1.0)
+    claimed = sum(float((g.double() * u.double()).sum()) for (_, g), u in zip(explicit, dirs))
+    rtol, atol = (1e-4, 1e-7 * size) if double else (5e-2, 1e-3 * size)
+    if not math.isfinite(claimed) or abs(claimed - fd) > rtol * (abs(claimed) + abs(fd)) + atol:
+        raise GradientMismatch(
+            "the gradient through your function does not match finite differences of its values "
+            "(a .detach(), .item(), .numpy() or an in-place write cuts autograd)")
+
+
+def _replace(value: Any, swap: dict) -> Any:
+    if isinstance(value, torch.Tensor):
+        return swap.get(id(value), value)
+    if type(value) is list:
+        return [_replace(v, swap) for v in value]
+    if type(value) is tuple:
+        return tuple(_replace(v, swap) for v in value)
+    if type(value) is dict:
+        return {k: _replace(v, swap) for k, v in value.items()}
+    return value
+
+
+# ============================================================================ notebook runner
+
+@dataclass
+class TestResult:
+    ok: bool
+    stdout: str = ""
+    error: str = ""       # exception type shown to the student
+    message: str = ""     # the harness's own message
+
+
+class Harness:
+    """One submission: a sandboxed kernel plus the harness namespace the tests run in."""
+
+    def __init__(self, slot: int = 0, limits: SandboxLimits = SandboxLimits(),
+                 cell_timeout: float = 60.0, start_timeout: float = 180.0):
+        self.cell_timeout = cell_timeout
+        self.kernel: Kernel | None = start_kernel(slot, limits)
+        self.ep = HarnessEndpoint(self.kernel.fd, self.kernel.fd)
+        self.dead = ""
+        self.ep.deadline = time.monotonic() + start_timeout
+        try:
+            header, _ = read_frame(self.kernel.fd)
+            if header.get("t") != "ready":
+                raise WireError("the kernel did not start")
+        except (TimeoutError, EOFError, WireError, OSError) as exc:
+            self._die(f"the sandboxed kernel did not start ({type(exc).__name__})")
+        self.ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+        self.owned: set[str] = set()   # names the instructor's cells bound in the harness
+
+    def _die(self, why: str) -> None:
+        self.dead = self.dead or why
+        if self.kernel is not None:
+            self.kernel.kill()
+            self.kernel = None
+
+    @contextlib.contextmanager
+    def _deadline(self):
+        self.ep.deadline = time.monotonic() + self.cell_timeout
+        try:
+            yield
+        finally:
+            self.ep.deadline = None
+
+    def _kernel(self, op: str, *args: Any) -> Any:
+        if self.dead:
+            raise RuntimeError(self.dead)
+        try:
+            with self._deadline():
+                return self.ep.request(op, *args)
+        except TimeoutError:
+            self._die(f"a cell ran past the time limit of {self.cell_timeout:g} s")
+            raise
+        except (EOFError, OSError, WireError) as exc:
+            self._die(f"the student's kernel stopped ({type(exc).__name__})")
+            raise
+
+    def run_instructor_cell(self, source: str) -> TestResult:
+        """A read-only cell of the course: in the harness (the tests use its names) and in the
+        kernel (the student's code may too)."""
+        before = {k: id(v) for k, v in self.ns.items()}
+        res = self._exec(source, "setup")
+        self.owned |= {k for k, v in self.ns.items() if before.get(k) != id(v)}
+        if not self.dead:
+            try:
+                self._kernel("run_cell", source)
+            except Exception:  # noqa: BLE001 - reported by the next test that needs it
+                pass
+        return res
+
+    def run_student_cell(self, source: str) -> dict:
+        if self.dead:
+            return {"ok": False, "error": "NotRun", "stdout": "", "names": []}
+        try:
+            out = self._kernel("run_cell", source)
+        except Exception as exc:  # noqa: BLE001
+            return {"ok": False, "error": type(exc).__name__, "stdout": "", "names": []}
+        if not isinstance(out, dict):
+            return {"ok": False, "error": "ProtocolError", "stdout": "", "names": []}
+        for entry in out.get("names", []) if isinstance(out.get("names"), list) else []:
+            if (not isinstance(entry, list) or len(entry) != 2 or type(entry[0]) is not str
+                    or not entry[0].isidentifier() or entry[0] in self.owned
+                    or entry[1] == "module"):
+                continue
+            try:
+                self.ns[entry[0]] = self._kernel("lookup", entry[0])
+            except Exception:  # noqa: BLE001 - the name stays unbound; tests using it fail
+                self.ns.pop(entry[0], None)
+        return {"ok": out.get("ok") is True,
+                "error": out.get("error") if isinstance(out.get("error"), str) else "",
+                "stdout": out.get("stdout") if isinstance(out.get("stdout"), str) else "",
+                "names": []}
+
+    def run_test_cell(self, source: str, name: str) -> TestResult:
+        if self.dead:
+            return TestResult(False, "", "CellNotRun", f"not run: {self.dead}")
+        return self._exec(source, name)
+
+    def _exec(self, source: str, name: str) -> TestResult:
+        out = io.StringIO()
+        try:
+            code = compile(source, f"<{name}>", "exec")
+            with contextlib.redirect_stdout(out), self._deadline():
+                exec(code, self.ns)  # noqa: S102 - the instructor's own test code
+        except RemoteError as exc:
+            return TestResult(False, out.getvalue(), "StudentCodeError",
+                              f"your code raised {exc.type_name}")
+        except TimeoutError:
+            self._die(f"a cell ran past the time limit of {self.cell_timeout:g} s")
+            return TestResult(False, out.getvalue(), "TimeoutError", self.dead)
+        except (EOFError, WireError, OSError) as exc:
+            self._die(f"the student's kernel stopped ({type(exc).__name__})")
+            return TestResult(False, out.getvalue(), "KernelDied", self.dead)
+        except GradientMismatch as exc:
+            return TestResult(False, out.getvalue(), "GradientMismatch", str(exc)[:500])
+        except AssertionError as exc:
+            return TestResult(False, out.getvalue(), "AssertionError", str(exc)[:500])
+        except Exception as exc:  # noqa: BLE001 - any failure of the test fails it
+            return TestResult(False, out.getvalue(), type(exc).__name__, str(exc)[:500])
+        return TestResult(True, out.getvalue())
+
+    def close(self) -> None:
+        self._die("closed")

@@ -1,0 +1,310 @@
+"""The sandboxed kernel: runs the student's cells and answers the harness's calls.
+
+Started by :mod:`flowgrade.sandbox` inside bubblewrap as ``python -I -m flowgrade.kernel FD``;
+the harness talks to it over the socket ``FD`` (frames of :mod:`flowgrade.wire`). It holds no test,
+no instructor notebook and no gradebook: only the student's cells, the course's read-only set-up
+cells, and whatever the harness passes in calls.
+
+Requests it serves (besides the generic call/getattr/setattr/op of :mod:`flowgrade.rpc`):
+
+* ``run_cell(source)``: run one cell in an IPython shell (magics such as ``%matplotlib inline``
+  and ``%timeit`` work; figures are drawn to nowhere); returns ``{"ok", "error", "stdout",
+  "names"}`` where ``names`` lists the global names the cell bound or rebound, with their kind.
+* ``lookup(name)``: the value of a global: plain data, or a reference for anything else.
+* ``vjp(call, grads, imports)``: vector-Jacobian product of an earlier call's outputs with
+  respect to tensors the harness sent in it (see :mod:`flowgrade.harness` for how the harness
+  checks it against finite differences before believing it).
+
+Autograd across the boundary: a tensor the harness sends that requires grad there arrives here as
+the output of :class:`FromHarness`, a node whose backward asks the harness for the gradient of
+its own computation (so a student's ``loss.backward()`` reaches the harness's parameters, and a
+gradient flows through a function the test handed over).
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import os
+import sys
+import types
+from typing import Any
+
+import torch
+
+from .rpc import Endpoint
+from .wire import WireError
+
+__all__ = ["KernelEndpoint", "main"]
+
+_IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython"}
+STDOUT_KEEP = 20_000  # characters of a student cell's printed output kept for the feedback
+
+
+class _LRU(collections.OrderedDict):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+class HarnessParameter(torch.nn.Parameter):
+    """A parameter of the harness, copied here; ``requires_grad_`` also sets the original's flag
+    (the one thing the student's code may change on a harness object: freezing a teacher)."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    def requires_grad_(self, requires_grad: bool = True):  # type: ignore[override]
+        super().requires_grad_(requires_grad)
+        link = getattr(self, "_fg_link", None)
+        if link is not None:
+            link[0].request("set_requires_grad", link[1], bool(requires_grad))
+        return self
+
+
+class FromHarness(torch.autograd.Function):
+    """Tensors from the harness that require grad there. Inputs: an anchor (so the node is in
+    every graph), the kernel tensors the harness computed them from (a callback's arguments),
+    then the values. Backward sends the output gradients to the harness and returns its answer
+    for the arguments."""
+
+    @staticmethod
+    def forward(ctx, info: dict, anchor: torch.Tensor, *tensors: torch.Tensor):
+        n = info["n_inputs"]
+        ctx.info = info
+        outs = tuple(v.clone() for v in tensors[n:])
+        ctx.mark_non_differentiable(*[o for o in outs if not o.is_floating_point()])
+        return outs
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        info = ctx.info
+        ep: KernelEndpoint = info["endpoint"]
+        sent = [g if g is not None else None for g in grads]
+        answer = ep.request("cb_backward", info["cb"], info["imports"], sent, not ep.in_vjp)
+        n = info["n_inputs"]
+        if not isinstance(answer, list) or len(answer) != n:
+            raise RuntimeError("the grader sent a malformed gradient")
+        return (None, None, *answer, *([None] * len(grads)))
+
+
+class KernelEndpoint(Endpoint):
+    side = "k"
+
+    def __init__(self, rfd: int, wfd: int):
+        super().__init__(rfd, wfd)
+        self.shell = None
+        self.imports = _LRU(100_000)  # harness import id -> tensor here
+        self.calls = _LRU(512)        # harness request number -> output tensors of that call
+        self.in_vjp = False
+        self._pending: list[tuple[int, torch.Tensor]] = []
+        self._sent_stack: list[list[torch.Tensor]] = []
+        self._encoded: list[torch.Tensor] | None = None
+        self._cb: Any = None
+
+    # ------------------------------------------------------------------ autograd link
+    def tensor_meta(self, t: torch.Tensor) -> dict:
+        if self._encoded is not None:
+            self._encoded.append(t)
+        if t.requires_grad and t.is_floating_point():
+            if self._sent_stack:
+                self._sent_stack[-1].append(t)
+            return {"rg": True}
+        return {}
+
+    def on_tensor(self, t: torch.Tensor, record: dict) -> torch.Tensor:
+        if record.get("param") is not None:
+            p = HarnessParameter(t, bool(record.get("rg")) and t.is_floating_point())
+            p._fg_link = (self, record["param"])
+            if type(record.get("imp")) is int:
+                self.imports.put(record["imp"], p)
+                self._hook_parameter(p, record["imp"], record.get("cb"))
+            return p
+        if type(record.get("imp")) is int and t.is_floating_point():
+            self._pending.append((record["imp"], t))
+            self._cb = record.get("cb")
+        return t
+
+    def _hook_parameter(self, p: torch.Tensor, imp: int, cb: Any) -> None:
+        def send(grad: torch.Tensor) -> None:
+            if not self.in_vjp:  # a student's backward: accumulate into the harness's parameter
+                self.request("cb_backward", cb, [imp], [grad], True)
+        p.register_hook(send)
+
+    def after_decode(self, value: Any, context: str) -> Any:
+        pending, self._pending = self._pending, []
+        cb, self._cb = self._cb, None
+        if not pending:
+            return value
+        inputs = self._sent_stack[-1] if context == "reply" and self._sent_stack else []
+        inputs = [t for t in inputs if t.requires_grad]
+        info = {"endpoint": self, "cb": cb, "imports": [i for i, _ in pending],
+                "n_inputs": len(inputs)}
+        anchor = torch.zeros((), requires_grad=True)
+        with torch.enable_grad():
+            outs = FromHarness.apply(info, anchor, *inputs, *[t for _, t in pending])
+        swap = {id(t): o for (_, t), o in zip(pending, outs)}
+        for (imp, _), o in zip(pending, outs):
+            self.imports.put(imp, o)
+        return _replace(value, swap)
+
+    def request(self, op: str, *args: Any) -> Any:
+        self._sent_stack.append([])
+        try:
+            return super().request(op, *args)
+        finally:
+            self._sent_stack.pop()
+
+    # ------------------------------------------------------------------ serving
+    def serve(self, header: dict, buffers: list[bytes]) -> None:
+        self._serving = header.get("n")
+        super().serve(header, buffers)
+
+    def handle(self, op: str, args: list) -> Any:
+        if op == "call" and len(args) == 4:
+            state = args[3]
+            if isinstance(state, bytes):
+                with contextlib.suppress(RuntimeError, ValueError):
+                    torch.set_rng_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+            n = self._serving
+            result = super().handle("call", args[:3])
+            return _Recorded(self, n, result)
+        if op == "run_cell" and len(args) == 1 and type(args[0]) is str:
+            return self.run_cell(args[0])
+        if op == "lookup" and len(args) == 1 and type(args[0]) is str:
+            return self.shell.user_ns[args[0]]
+        if op == "vjp" and len(args) == 3:
+            return self.vjp(*args)
+        return super().handle(op, args)
+
+    def encode(self, value: Any):
+        if type(value) is _Recorded:
+            self._encoded = []
+            try:
+                out = super().encode(value.value)
+            finally:
+                outs, self._encoded = self._encoded, None
+            if any(t.requires_grad for t in outs):
+                self.calls.put(value.n, outs)
+            return out
+        return super().encode(value)
+
+    def vjp(self, n: Any, grads: Any, imports: Any) -> list:
+        outs = self.calls.get(n)
+        if outs is None or not isinstance(grads, list) or len(grads) != len(outs):
+            raise WireError("gradient of an unknown call")
+        inputs = [self.imports.get(i) if type(i) is int else None for i in imports]
+        wanted = [k for k, t in enumerate(inputs) if t is not None and t.requires_grad]
+        pairs = [(o, g) for o, g in zip(outs, grads)
+                 if isinstance(g, torch.Tensor) and o.requires_grad and g.shape == o.shape]
+        result: list = [None] * len(inputs)
+        if not wanted or not pairs:
+            return result
+        self.in_vjp = True
+        try:
+            got = torch.autograd.grad([o for o, _ in pairs],
+                                      [inputs[k] for k in wanted],
+                                      [g.to(o.dtype) for o, g in pairs],
+                                      retain_graph=True, allow_unused=True)
+        finally:
+            self.in_vjp = False
+        for k, g in zip(wanted, got):
+            result[k] = g
+        return result
+
+    # ------------------------------------------------------------------ cells
+    def run_cell(self, source: str) -> dict:
+        ns = self.shell.user_ns
+        before = {k: id(v) for k, v in ns.items()}
+        out = _Capped(STDOUT_KEEP)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            result = self.shell.run_cell(source, store_history=False, silent=False)
+        error = result.error_before_exec or result.error_in_exec
+        names = []
+        for k, v in list(ns.items()):
+            if k.startswith("_") or k in _IPYTHON_NAMES or before.get(k) == id(v):
+                continue
+            kind = ("module" if isinstance(v, types.ModuleType) else
+                    "class" if isinstance(v, type) else
+                    "function" if callable(v) else "data")
+            names.append([k, kind])
+        return {"ok": error is None,
+                "error": type(error).__name__ if error is not None else "",
+                "stdout": out.getvalue(), "names": names}
+
+
+class _Recorded:
+    """A call's result, marked so that encoding it records the output tensors for a VJP."""
+
+    __slots__ = ("endpoint", "n", "value")
+
+    def __init__(self, endpoint: KernelEndpoint, n: Any, value: Any):
+        self.endpoint, self.n, self.value = endpoint, n, value
+
+
+class _Capped(io.StringIO):
+    def __init__(self, cap: int):
+        super().__init__()
+        self.cap = cap
+        self.dropped = False
+
+    def write(self, s: str) -> int:
+        room = self.cap - self.tell()
+        if room > 0:
+            super().write(s[:room])
+        elif not self.dropped:
+            self.dropped = True
+        return len(s)
+
+
+def _replace(value: Any, swap: dict[int, torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        return swap.get(id(value), value)
+    if type(value) is list:
+        return [_replace(v, swap) for v in value]
+    if type(value) is tuple:
+        return tuple(_replace(v, swap) for v in value)
+    if type(value) is dict:
+        return {k: _replace(v, swap) for k, v in value.items()}
+    return value
+
+
+def _make_shell():
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance(colors="NoColor")
+    shell.showtraceback = lambda *a, **k: None  # the student's traceback is not sent anywhere
+    shell.showsyntaxerror = lambda *a, **k: None
+    return shell
+
+
+def main(argv: list[str]) -> int:
+    fd = int(argv[1])
+    # C-level prints of the student's code go nowhere: the channel is the only way out
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
+    torch.set_num_threads(1)
+    endpoint = KernelEndpoint(fd, fd)
+    endpoint.shell = _make_shell()
+    header_ready = {"t": "ready"}
+    from .wire import write_frame
+    write_frame(fd, header_ready, [])
+    while True:
+        try:
+            header, buffers = endpoint._read()
+        except EOFError:
+            return 0
+        if header.get("t") == "req":
+            endpoint.serve(header, buffers)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
