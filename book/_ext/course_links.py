@@ -8,11 +8,13 @@
    ``tools/grade.py generate``), and a link into ``solutions/`` is refused with a warning: the
    instructor's notebooks hold the hidden tests and never go into the book.
 
-2. **A launch button for a local JupyterLab.** sphinx-book-theme's launch buttons (Binder,
-   JupyterHub, Colab) all need a public repository. The course runs locally: ``make lab`` starts
+2. **A launch button for a local JupyterLab.** sphinx-book-theme's launch buttons (Colab and
+   Binder here) open the chapter from the public repository (``repository.url`` and
+   ``launch_buttons`` of ``_config.yml``). The course also runs locally: ``make lab`` starts
    JupyterLab on the repository root (by default at ``http://localhost:8888``), so each notebook
-   page gets a "JupyterLab (make lab)" button opening ``<flows_lab_url>/lab/tree/<page>.ipynb``.
-   The interface follows ``launch_buttons.notebook_interface`` of ``_config.yml``.
+   page gets a "JupyterLab (make lab)" button opening ``<flows_lab_url>/lab/tree/<page>.ipynb``,
+   in the same launch menu as Colab and Binder (or a menu of its own when those are not
+   configured). The interface follows ``launch_buttons.notebook_interface`` of ``_config.yml``.
 """
 
 from __future__ import annotations
