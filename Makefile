@@ -21,7 +21,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # small networks lose far more to oversubscribed OpenMP threads than they gain from a second one.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: help venv book test grade bench-grading lab bench exercises clean
+.PHONY: help venv book test grade bench-grading lab bench exercises clean publish
 
 help:
 	@echo "make book   build the course book (executes every chapter)"
@@ -30,6 +30,7 @@ help:
 	@echo "make bench-grading  grade a synthetic class of 200 with 1 and N workers (bench/results/grading.json)"
 	@echo "make lab    JupyterLab on the course"
 	@echo "make bench  benchmarks against zuko, nflows and normflows (bench/results/)"
+	@echo "make publish  build the book and push _build/html to the gh-pages branch (GitHub Pages by hand)"
 
 venv: $(STAMP)
 
@@ -49,13 +50,13 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile --nbval-lax tests book solutions
 
 grade: $(STAMP)
-	$(PY) tools/grade.py all $(ARGS)
+	$(PY) -m flowgrade all $(ARGS)
 
 bench-grading: $(STAMP)
 	$(PY) bench/grading_class.py $(ARGS)
 
 exercises: $(STAMP)
-	$(PY) tools/grade.py generate
+	$(PY) -m flowgrade generate
 
 BENCH_STAMP := bench/.venv/.installed
 $(BENCH_STAMP): bench/requirements.txt pyproject.toml
@@ -83,6 +84,26 @@ lab: $(STAMP)
 	@$(if $(LAB_TOKEN),JUPYTER_TOKEN='$(LAB_TOKEN)') $(BIN)/jupyter lab --no-browser \
 	  --port=$(PORT) --port-retries=0 $(if $(filter 0,$(shell id -u)),--allow-root) \
 	  --notebook-dir=$(CURDIR) $(LAB_ARGS)
+
+# Publishing by hand (CI publishes through .github/workflows/book.yml instead): build the book,
+# then commit _build/html as the only commit of the gh-pages branch (ghp-import; .nojekyll, so
+# that GitHub Pages serves Sphinx's _static/) and force-push it. The local gh-pages branch is
+# ghp-import's scratch space: it is recreated each time, so the branch never grows a history of
+# old builds. PAGES_REMOTE is a remote name or URL; BUILD=0 publishes the _build/html that is
+# there without rebuilding it.
+PAGES_REMOTE ?= origin
+PAGES_BRANCH ?= gh-pages
+BUILD ?= 1
+publish: $(STAMP)
+	$(if $(filter 0,$(BUILD)),,$(MAKE) book)
+	@test -f _build/html/index.html || { echo "no _build/html/index.html: run make book" >&2; exit 1; }
+	@test "$$(git symbolic-ref --short -q HEAD)" != '$(PAGES_BRANCH)' \
+	  || { echo "$(PAGES_BRANCH) is checked out: publish from another branch" >&2; exit 1; }
+	git update-ref -d refs/heads/'$(PAGES_BRANCH)'
+	$(BIN)/ghp-import --no-jekyll --force --push --no-history --remote '$(PAGES_REMOTE)' \
+	  --branch '$(PAGES_BRANCH)' --message "Publish the book from $$(git rev-parse --short HEAD)" \
+	  _build/html
+	@echo "Published _build/html to $(PAGES_BRANCH) of $(PAGES_REMOTE)"
 
 clean:
 	rm -rf _build .cache grading .pytest_cache

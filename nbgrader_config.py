@@ -8,17 +8,22 @@ file from its working directory, so run nbgrader from here, or use `tools/grade.
     grading/submitted/<student>/<ps>/    submissions          (grading/ is not committed)
     grading/autograded/<student>/<ps>/   executed, scored copies
     grading/feedback/<student>/<ps>/     HTML feedback for the student, hidden tests removed
-    grading/gradebook.db                 the sqlite gradebook (tools/grade.py creates grading/)
+    grading/gradebook.db                 the sqlite gradebook (`python -m flowgrade` creates grading/)
+
+Grading runs the student's code in a sandboxed kernel and every test in a trusted harness
+(flowgrade.preprocessor.HarnessExecute, see docs_grading.md): configured here, so nbgrader's own
+`autograde` and `generate_feedback` get the same protection as `make grade`.
 """
 import os
-import sys
+
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, GetGrades,
+                                    IgnorePattern, LimitOutput, SaveAutoGrades)
+
+from flowgrade.feedback import SanitizedHTMLExporter
+from flowgrade.preprocessor import HarnessExecute
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
-from nbgrader.preprocessors import GetGrades  # noqa: E402
-from nbgrader_hidden import HideHiddenTests  # noqa: E402  (tools/nbgrader_hidden.py)
 
 c = get_config()  # noqa: F821 (provided by traitlets when it loads this file)
 
@@ -37,15 +42,17 @@ c.GenerateAssignment.permissions = 644
 c.Autograde.permissions = 644
 c.GenerateFeedback.permissions = 644
 
-# Per-cell time limit when nbgrader is run by hand. tools/grade.py sets its own
-# (--cell-timeout, 60 s by default) and grades in a sandbox with tools/guard.py's preprocessors.
-c.Execute.timeout = 120
+# The split execution: the student's cells in a sandboxed kernel, the tests in the harness.
+c.Autograde.autograde_preprocessors = [
+    HarnessExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
+    AssignLatePenalties, CheckCellMetadata]
+c.HarnessExecute.timeout = 120  # seconds per cell; `python -m flowgrade --cell-timeout` sets its own
 
 # A test cell the student deleted is put back (and run) rather than silently scored from
 # nothing; locked cells the student edited are restored from the gradebook anyway.
 c.OverwriteCells.add_missing_cells = True
 
-# Feedback shows neither the hidden tests nor the tracebacks they produce: nbgrader 0.9.6 puts
-# the hidden tests back into the autograded notebook and, by default, into the feedback HTML
-# (jupyter/nbgrader#917). HideHiddenTests removes them between GetGrades and the HTML export.
-c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+# Feedback pages are sanitised (nh3 and a Content-Security-Policy: no script, no network load);
+# the autograded notebooks they render hold no hidden test (HarnessExecute keeps the visible part).
+c.GenerateFeedback.exporter_class = SanitizedHTMLExporter
+c.GenerateFeedback.preprocessors = [GetGrades, CSSHTMLHeaderPreprocessor]

@@ -1,46 +1,41 @@
-#!/usr/bin/env python3
-"""Grading driver of the Flows course: nbgrader, in a sandbox, from sources to grades.csv.
+"""Grading driver of the Flows course: nbgrader underneath, from sources to grades.csv.
 
-    python tools/grade.py generate    solutions/<ps> -> exercises/<ps>, registered in the gradebook
-    python tools/grade.py autograde   grade every grading/submitted/<student>/<ps>/ in parallel,
-                                      each in its own sandboxed process; feedback for each
-    python tools/grade.py feedback    re-make feedback from the gradebook (after manual grading)
-    python tools/grade.py export      grading/grades.csv: one row per student x assignment
-    python tools/grade.py report      grading/reports/: per-assignment report and score plot
-    python tools/grade.py review S PS accept|zero [--note TEXT]
-                                      settle a flagged submission after looking at it
-    python tools/grade.py sandbox     what confinement this machine allows
-    python tools/grade.py all         generate, demo class if nothing submitted, autograde,
-                                      export, report (`make grade`)
+    python -m flowgrade generate    solutions/<ps> -> exercises/<ps>, registered in the gradebook
+    python -m flowgrade autograde   grade every grading/submitted/<student>/<ps>/ in parallel;
+                                    feedback for each
+    python -m flowgrade feedback    re-make feedback from the gradebook (after manual grading)
+    python -m flowgrade export      grading/grades.csv: one row per student x assignment
+    python -m flowgrade report      grading/reports/: per-assignment report and score plot
+    python -m flowgrade review S PS accept|zero [--note TEXT]
+                                    settle a submission the scan annotated, after looking at it
+    python -m flowgrade sandbox     what confinement this machine gives the student's code
+    python -m flowgrade all         generate, demo class if nothing submitted, autograde,
+                                    export, report (`make grade`)
 
 autograde/all options: -a/--assignment, -s/--student (repeatable), --workers N (default: the
 number of CPUs), --timeout S (wall clock per submission, 300), --cell-timeout [PS=]S (per cell,
-60; repeat with PS= for one assignment),
---memory MB (per process, 4096), --force (re-grade unchanged submissions), --retry-failed.
+60; repeat with PS= for one assignment), --memory MB (the student's kernel, 4096), --force
+(re-grade unchanged submissions), --retry-failed.
 
 How one submission is graded (`grade_submission`, run by a pool of worker threads):
 
-1. its files are hashed; an unchanged submission already graded is skipped (idempotent);
-2. the notebook is parsed, repaired and scanned (tools/scan.py): changed grade_ids, deleted
-   cells, other assignments' notebooks, suspicious code -> notes and flags;
+1. the submitted folder is listed and copied without following any link, skipping FIFOs and
+   devices, with depth, count and size limits (flowgrade.submissions); the copy is hashed, and an
+   unchanged submission already graded is skipped (idempotent);
+2. the notebook is parsed, repaired and scanned (flowgrade.scan): changed grade_ids, deleted
+   cells, other assignments' notebooks, unusual code -> notes for the instructor, never a score;
 3. a private course directory is made under grading/.work/: a gradebook holding only the
-   assignments (no student, no hidden test on disk besides it), the repaired submission, a
-   home, a temp folder, Jupyter and IPython folders, and a `flows-sandbox` kernelspec;
-4. `tools/sandbox.py run` starts `tools/grade_one.py` (nbgrader autograde + feedback) there
-   under resource limits, in private network and PID namespaces, with writes confined to the
-   private folder (Landlock); the kernel that runs the student's code is confined further
-   (reads: Python, the venv, flowlib, its own folder; no TCP connection; no signal out);
-   tools/guard.py keeps the tests' verdicts honest; the whole is killed past --timeout or
-   when it writes more than 512 MB;
+   assignments, and the repaired notebook (no other submitted file);
+4. a warm fork server forks a grader process that runs nbgrader's autograde and feedback there
+   with flowgrade.preprocessor.HarnessExecute: the student's cells run in a bubblewrap sandbox
+   (flowgrade.sandbox), the tests in the grader's trusted harness (flowgrade.harness);
 5. the main thread alone (no concurrent sqlite writer) copies the scores into
    grading/gradebook.db, the autograded notebook into grading/autograded/, the feedback into
-   grading/feedback/ (grading/withheld/ while flagged), and records the outcome in
-   grading/status.json and one line in grading/ledger.jsonl.
+   grading/feedback/, and records the outcome in grading/status.json and grading/ledger.jsonl.
 
-Outcomes: graded (score, possibly 0), flagged (suspicious: the parts from the first suspicious
-cell on score 0 until `review`), failed (could not be graded: score 0 and the reason).
-Exit status: 0 when every submission could be graded (flagged included), 1 when one failed,
-2 on a usage or setup error.
+Outcomes: graded (score, possibly 0; scan notes attached), failed (could not be graded: score
+0 and the reason). Exit status: 0 when every submission could be graded, 1 when one failed, 2 on
+a usage or setup error.
 """
 from __future__ import annotations
 
@@ -63,16 +58,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-TOOLS = Path(__file__).resolve().parent
-REPO = TOOLS.parent
-DEMO_CLASS = TOOLS / "demo_class"
-sys.path.insert(0, str(TOOLS))
+PACKAGE = Path(__file__).resolve().parent
+REPO = PACKAGE.parent
+DEMO_CLASS = REPO / "tests" / "grading" / "demo_class"
 
 # nbgrader's own remove/add of a submission makes SQLAlchemy warn; harmless
 warnings.filterwarnings("ignore", message=".*not in session.*")
 
 # Bump when grading itself changes: every submission is then graded again.
-GRADER_VERSION = "3"
+GRADER_VERSION = "4"
 # Student and assignment ids become nbgrader glob patterns and path components: keep them plain.
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
 ERROR_RE = re.compile(r"\[(?:[^\]]*\| )?(?:ERROR|CRITICAL)\]")  # "[AutogradeApp | ERROR]"
@@ -285,6 +279,8 @@ class Submission:
     assignment: str
     path: Path
     digest: str = ""
+    skipped: str = ""   # what the safe copy left out, for the instructor
+    problem: str = ""   # why it cannot be graded at all
 
     @property
     def key(self) -> str:
@@ -296,13 +292,13 @@ class Outcome:
     student: str
     assignment: str
     hash: str
-    status: str = "failed"  # graded | flagged | failed
-    score: float = 0.0  # what counts (flagged parts zeroed)
+    status: str = "failed"  # graded | failed
+    score: float = 0.0  # what counts (the autograde score unless a review zeroed it)
     max_score: float | None = None
     autograde_score: float | None = None  # what nbgrader gave
     cells: dict = field(default_factory=dict)  # notebook -> {grade_id: [score, max]}
-    zeroed: list = field(default_factory=list)  # grade_ids zeroed pending review
-    flags: list = field(default_factory=list)
+    zeroed: list = field(default_factory=list)  # grade_ids a review zeroed
+    flags: list = field(default_factory=list)  # the scan's notes for the instructor
     notes: list = field(default_factory=list)
     reason: str = ""
     seconds: float = 0.0
@@ -334,19 +330,31 @@ class Outcome:
 
 
 def find_submissions(course: Course, assignments: list[str] | None = None,
-                     students: list[str] | None = None) -> list[Submission]:
-    """Every grading/submitted/<student>/<assignment>/ folder, sorted by assignment, student."""
-    subs = []
+                     students: list[str] | None = None) -> tuple[list[Submission], list]:
+    """Every grading/submitted/<student>/<assignment>/ real folder (links and odd names are
+    rejected, never followed), sorted by assignment, student; and the rejected entries."""
+    from .submissions import list_submissions
+
     if not course.submitted.is_dir():
-        return subs
-    for sdir in sorted(p for p in course.submitted.iterdir() if p.is_dir()):
-        if students and sdir.name not in students:
-            continue
-        for adir in sorted(p for p in sdir.iterdir() if p.is_dir()):
-            if assignments and adir.name not in assignments:
-                continue
-            subs.append(Submission(sdir.name, adir.name, adir))
-    return sorted(subs, key=lambda s: (s.assignment, s.student))
+        return [], []
+    found, rejected = list_submissions(course.submitted)
+    subs = [Submission(f.student, f.assignment, f.path) for f in found
+            if (not students or f.student in students)
+            and (not assignments or f.assignment in assignments)]
+    return sorted(subs, key=lambda s: (s.assignment, s.student)), rejected
+
+
+def take_snapshot(course: Course, sub: Submission) -> str:
+    """Copy the submission into the grader's own folder (flowgrade.submissions.snapshot); from
+    here on only the copy is read. Returns the copy's report of what it skipped ('' if none)."""
+    from .submissions import remove_tree, snapshot
+
+    dest = course.work / "snapshots" / f"{sub.assignment}__{sub.student}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_tree(dest)
+    snap = snapshot(sub.path, dest, trusted_root=course.submitted)
+    sub.path = dest
+    return snap.report() if snap.skipped or snap.truncated else ""
 
 
 def _files(folder: Path) -> list[Path]:
@@ -379,7 +387,7 @@ def submission_digest(sub: Submission, source: str) -> str:
 
 
 class AssignmentCache:
-    """Per assignment: notebook names, scan info (tools/scan.py) and source digest."""
+    """Per assignment: notebook names, scan info (flowgrade.scan) and source digest."""
 
     def __init__(self, course: Course):
         self.course = course
@@ -394,13 +402,13 @@ class AssignmentCache:
     def infos(self, ps: str) -> dict:
         if ps not in self._infos:
             import nbformat
-            from scan import AssignmentInfo
+            from .scan import AssignmentInfo
 
             out = {}
             for src in sorted((self.course.source / ps).glob("*.ipynb")):
                 release = self.course.release / ps / src.name
                 if not release.exists():
-                    raise GradingError(f"{release} missing: run `tools/grade.py generate`")
+                    raise GradingError(f"{release} missing: run `python -m flowgrade generate`")
                 out[src.stem] = AssignmentInfo.build(
                     ps, nbformat.read(src, as_version=4), nbformat.read(release, as_version=4))
             self._infos[ps] = out
@@ -435,52 +443,10 @@ def read_notebook(path: Path):
 
 # ----------------------------------------------------------------------------- sandbox set-up
 
-_CAPS: dict | None = None
+def sandbox_text() -> str:
+    from .sandbox import capabilities
 
-
-def sandbox_caps() -> dict:
-    global _CAPS
-    if _CAPS is None:
-        import sandbox
-
-        _CAPS = sandbox.capabilities() if os.environ.get("FLOWS_SANDBOX", "on") != "off" \
-            else {"landlock": 0, "namespaces": False}
-    return _CAPS
-
-
-def sandbox_text(caps: dict) -> str:
-    parts = ["rlimits"]
-    if caps["landlock"]:
-        extra = "" if caps["landlock"] >= 6 else (" (no signal scoping: ABI < 6)"
-                                                  if caps["landlock"] >= 4 else
-                                                  " (files only: ABI < 4)")
-        parts.append(f"landlock ABI {caps['landlock']}{extra}")
-    else:
-        parts.append("NO landlock: files not confined")
-    parts.append("network+pid namespaces" if caps["namespaces"]
-                 else "NO namespaces: network not isolated")
-    return ", ".join(parts)
-
-
-def _python_read_paths() -> list[str]:
-    """Folders the kernel must read: the interpreter, the venv, flowlib, the system."""
-    import importlib.util
-    import site
-
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.realpath(sys.prefix),
-             os.path.realpath(sys.base_prefix),
-             os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}
-    paths.update(site.getsitepackages())
-    paths.update(os.path.realpath(p) for p in site.getsitepackages())
-    spec = importlib.util.find_spec("flowlib")
-    if spec and spec.submodule_search_locations:
-        paths.update(os.path.realpath(p) for p in spec.submodule_search_locations)
-    system = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/proc", "/sys", "/dev",
-              "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime",
-              "/etc/nsswitch.conf", "/etc/passwd", "/etc/group", "/etc/hosts", "/etc/fonts",
-              "/etc/mime.types", "/etc/alternatives", "/etc/os-release", "/etc/ssl"]
-    # the repository itself is NOT readable (hidden tests, gradebook): only flowlib in it
-    return sorted(p for p in paths if p and p != "/") + system
+    return capabilities()["summary"]
 
 
 def _write_json(path: Path, data) -> None:
@@ -509,72 +475,36 @@ def make_template(course: Course) -> Path:
 
 
 def prepare_workdir(course: Course, sub: Submission, notebooks: dict, limits: Limits,
-                    template: Path, caps: dict) -> tuple[Path, dict, dict]:
-    """Private course directory of one submission. Returns (workdir, job, env)."""
+                    template: Path) -> tuple[Path, dict, dict]:
+    """Private course directory of one submission: its own gradebook (the assignments only) and
+    the repaired notebooks; nothing else the student submitted. Returns (workdir, job, env)."""
     import nbformat
 
     course.work.mkdir(parents=True, exist_ok=True)
     work = Path(os.path.realpath(course.work)) / f"{sub.assignment}__{sub.student}"
-    shutil.rmtree(work, ignore_errors=True)
+    from .submissions import remove_tree
+
+    remove_tree(work)
     tc = work / "course"
     sub_dir = tc / "submitted" / sub.student / sub.assignment
-    cwd = tc / "autograded" / sub.student / sub.assignment
-    dirs = {name: work / name for name in ("home", "tmp", "ipython", "mpl", "guard")}
-    jup = work / "jupyter"
-    for d in [sub_dir, tc / "source" / sub.assignment, jup / "config", jup / "runtime",
-              jup / "data" / "kernels" / KERNEL_NAME, *dirs.values()]:
+    home = work / "home"
+    for d in [sub_dir, tc / "source" / sub.assignment, home]:
         d.mkdir(parents=True, exist_ok=True)
     shutil.copy(template, tc / "gradebook.db")
-    # non-notebook files of the assignment (data), as nbgrader would copy them
-    for p in _files(course.source / sub.assignment):
-        if p.suffix != ".ipynb":
-            dest = tc / "source" / p.relative_to(course.source)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(p, dest)
-    for p in _files(sub.path):
-        if p.suffix != ".ipynb":
-            dest = sub_dir / p.relative_to(sub.path)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(p, dest)
     for name, nb in notebooks.items():
         nbformat.write(nb, sub_dir / f"{name}.ipynb")
-    # matplotlib's font cache, so that a kernel importing matplotlib does not rebuild it
-    for cache in (REPO / ".cache" / "matplotlib").glob("fontlist-*.json"):
-        shutil.copy(cache, dirs["mpl"])
-
-    kernel_spec = {"memory_mb": limits.memory_mb, "cpu_seconds": int(limits.timeout) + 30,
-                   "file_mb": limits.file_mb,
-                   "read": _python_read_paths() + [str(cwd)] + [str(d) for d in dirs.values()],
-                   "write": [str(cwd), str(dirs["home"]), str(dirs["tmp"]),
-                             str(dirs["ipython"]), str(dirs["mpl"]), "/dev/null"]}
-    run_spec = {"memory_mb": limits.memory_mb, "cpu_seconds": int(limits.timeout) + 60,
-                "file_mb": 256, "write": [str(work), "/dev/null"],
-                "namespaces": caps["namespaces"]}
-    kernel_spec["landlock"] = run_spec["landlock"] = bool(caps["landlock"])
-    _write_json(work / "kernel-sandbox.json", kernel_spec)
-    _write_json(work / "run-sandbox.json", run_spec)
-    _write_json(jup / "data" / "kernels" / KERNEL_NAME / "kernel.json", {
-        "argv": [sys.executable, str(TOOLS / "sandbox.py"), "kernel",
-                 str(work / "kernel-sandbox.json"), "--", sys.executable,
-                 "-Xfrozen_modules=off", "-m", "ipykernel_launcher", "-f",
-                 "{connection_file}"],
-        "display_name": "Python 3 (sandboxed grading kernel)", "language": "python"})
     job = {"course": str(tc), "student": sub.student, "assignment": sub.assignment,
            "main_config": str(course.root / "nbgrader_config.py"),
-           "cell_timeout": limits.cell_timeout_for(sub.assignment), "kernel_name": KERNEL_NAME,
-           "report_dir": str(dirs["guard"]), "result": str(work / "result.json"),
-           "log": str(work / "grader.log")}
+           "cell_timeout": limits.cell_timeout_for(sub.assignment),
+           "memory_mb": limits.memory_mb, "cpu_seconds": int(limits.timeout) + 30,
+           "result": str(work / "result.json"), "log": str(work / "grader.log")}
     _write_json(work / "job.json", job)
     env = {
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin",
                                  "/bin"]),
         "LANG": os.environ.get("LANG", "C.UTF-8"), "LC_ALL": os.environ.get("LC_ALL", "C.UTF-8"),
-        "HOME": str(dirs["home"]), "TMPDIR": str(dirs["tmp"]), "IPYTHONDIR": str(dirs["ipython"]),
-        "MPLCONFIGDIR": str(dirs["mpl"]), "MPLBACKEND": "Agg",
-        "JUPYTER_CONFIG_DIR": str(jup / "config"), "JUPYTER_DATA_DIR": str(jup / "data"),
-        "JUPYTER_RUNTIME_DIR": str(jup / "runtime"), "JUPYTER_PATH": str(jup / "data"),
-        "JUPYTER_PLATFORM_DIRS": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1",
-        "FLOWLIB_PROGRESS": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+        "HOME": str(home), "MPLBACKEND": "Agg", "JUPYTER_PLATFORM_DIRS": "1",
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1", "FLOWLIB_PROGRESS": "0", "OMP_NUM_THREADS": "1",
         "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
     }
     return work, job, env
@@ -614,9 +544,9 @@ def _tree_size(folder: Path, cap: int) -> int:
 
 
 def run_sandboxed(work: Path, job: dict, env: dict, limits: Limits) -> tuple[int | None, str]:
-    """Run tools/grade_one.py in the sandbox. (exit status or None, why it was stopped)."""
-    cmd = [sys.executable, str(TOOLS / "sandbox.py"), "run", str(work / "run-sandbox.json"),
-           "--", sys.executable, str(TOOLS / "grade_one.py"), str(work / "job.json")]
+    """Run flowgrade.grade_one (the trusted grader: nbgrader and the harness) in a process of
+    its own. (exit status or None, why it was stopped)."""
+    cmd = [sys.executable, "-m", "flowgrade.grade_one", str(work / "job.json")]
     with open(work / "sandbox.log", "wb") as out:
         proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -642,13 +572,13 @@ def run_sandboxed(work: Path, job: dict, env: dict, limits: Limits) -> tuple[int
 
 class ForkServer:
     """One warm `grade_one.py --server` process per run; it forks a confined child per
-    submission (see tools/grade_one.py). Thread-safe: worker threads call `run`."""
+    submission (see flowgrade.grade_one). Thread-safe: worker threads call `run`."""
 
     def __init__(self, course: Course, env: dict):
         course.work.mkdir(parents=True, exist_ok=True)
         self.log = open(course.work / "forkserver.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, str(TOOLS / "grade_one.py"), "--server"], cwd=course.work, env=env,
+            [sys.executable, "-m", "flowgrade.grade_one", "--server"], cwd=course.work, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
             start_new_session=True)
         self.cond = threading.Condition()
@@ -683,8 +613,7 @@ class ForkServer:
 
     def run(self, work: Path, job: dict, env: dict, limits: Limits) -> tuple[int | None, str]:
         key = str(work / "job.json")
-        request = {"job": key, "spec": str(work / "run-sandbox.json"), "env": env,
-                   "cwd": str(work), "log": str(work / "sandbox.log")}
+        request = {"job": key, "env": env, "cwd": str(work), "log": str(work / "sandbox.log")}
         with self.cond:
             self.proc.stdin.write((json.dumps(request) + "\n").encode())
             self.proc.stdin.flush()
@@ -752,16 +681,17 @@ def read_scores(db_path: Path, student: str, assignment: str) -> dict | None:
 
 
 def grade_submission(course: Course, sub: Submission, limits: Limits, cache: AssignmentCache,
-                     template: Path | None, server: ForkServer | None = None
+                     template: Path | None, server: ForkServer | None = None, slot: int = 0
                      ) -> tuple[Outcome, Path | None]:
-    """Grade one submission (in a worker thread). Returns the outcome and the private folder
-    holding its results (None when nothing ran); the main thread merges both."""
-    from scan import repair, resemblance, scan, tests_after
+    """Grade one submission (in a worker thread; ``sub.path`` is the grader's own copy).
+    Returns the outcome and the private folder holding its results (None when nothing ran);
+    the main thread merges both."""
+    from .scan import repair, resemblance, scan
+    from .submissions import UnsafeTreeError, read_notebook_bytes
 
     t0 = time.perf_counter()
     out = Outcome(sub.student, sub.assignment, sub.digest)
-    caps = sandbox_caps()
-    out.sandbox = sandbox_text(caps)
+    out.sandbox = sandbox_text()
     out.graded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def done(reason: str = "") -> tuple[Outcome, Path | None]:
@@ -769,20 +699,29 @@ def grade_submission(course: Course, sub: Submission, limits: Limits, cache: Ass
         out.seconds = round(time.perf_counter() - t0, 2)
         return out, None
 
+    if sub.problem:
+        return done(sub.problem)
+    if sub.skipped:
+        out.notes.append(sub.skipped.replace("\n", "; ")[:600])
     if not ID_RE.match(sub.student):
         return done(f"invalid student id {sub.student!r} (letters, digits, _ . @ - only)")
     if sub.assignment not in course.assignments():
         return done(f"unknown assignment {sub.assignment!r} (not in {course.source.name}/)")
     infos = cache.infos(sub.assignment)
     expected = sorted(f"{n}.ipynb" for n in infos)
-    found = sorted(p.name for p in sub.path.glob("*.ipynb") if not p.is_symlink())
+    found = sorted(p.name for p in sub.path.glob("*.ipynb") if p.is_file()
+                   and not p.is_symlink())
     if not found:
         return done(f"no notebook in the submission (expected {', '.join(expected)})")
     missing = sorted(set(expected) - set(found))
     if missing:
         return done(f"missing notebook(s): {', '.join(missing)} (found {', '.join(found)})")
-    repaired, first_flag = {}, None
+    repaired = {}
     for name, info in infos.items():
+        try:
+            read_notebook_bytes(sub.path / f"{name}.ipynb", MAX_NOTEBOOK_MB * 2**20)
+        except (UnsafeTreeError, OSError) as exc:
+            return done(f"{name}.ipynb cannot be read: {exc}"[:300])
         nb, problem = read_notebook(sub.path / f"{name}.ipynb")
         if problem:
             return done(problem)
@@ -803,17 +742,15 @@ def grade_submission(course: Course, sub: Submission, limits: Limits, cache: Ass
         out.notes += notes
         out.flags += flags
         findings = scan(nb, info)
-        out.flags += [str(f) for f in findings[:6]]
+        out.flags += [f"scan: {f}" for f in findings[:6]]
         if len(findings) > 6:
             out.flags.append(f"... and {len(findings) - 6} more findings")
-        if first_flag is None and (flags or findings):
-            first_flag = (name, -1 if flags else findings[0].cell)
-        repaired[name] = (nb, info)
+        repaired[name] = nb
     if template is None:
         return done("no gradebook template (internal error)")
 
-    work, job, env = prepare_workdir(course, sub, {n: nb for n, (nb, _) in repaired.items()},
-                                     limits, template, caps)
+    work, job, env = prepare_workdir(course, sub, repaired, limits, template)
+    env["FLOWGRADE_SLOT"] = str(slot)
     if server is not None:
         code, stopped = server.run(work, job, env, limits)
     else:
@@ -843,35 +780,11 @@ def grade_submission(course: Course, sub: Submission, limits: Limits, cache: Ass
     out.cells = cells
     out.max_score = sum(m for nb in cells.values() for _, m in nb.values())
     out.autograde_score = sum(s for nb in cells.values() for s, _ in nb.values())
-
-    # runtime guard: what it zeroed is already 0 in nbgrader's scores; it flags the submission
-    zeroed: set[tuple[str, str]] = set()
-    for name in infos:
-        try:
-            report = json.loads((work / "guard" / f"{name}.json").read_text())
-        except (OSError, ValueError):
-            report = {"first_violation": "the runtime guard's report is missing", "zeroed": []}
-        if report.get("first_violation"):
-            out.flags.append(f"runtime guard: {report['first_violation']}")
-            zeroed |= {(name, g) for g in report.get("zeroed", [])}
     if result.get("feedback") != "ok":
         out.notes.append(f"no feedback: {result.get('feedback')}")
-    # static flags: the tests that ran after the first suspicious cell count 0 until review,
-    # and so do all the tests of the notebooks after it
-    if first_flag is not None:
-        name, cell = first_flag
-        nb, info = repaired[name]
-        zeroed |= {(name, g) for g in tests_after(nb, info, cell)}
-        later = list(infos)[list(infos).index(name) + 1:]
-        zeroed |= {(n, g) for n in later for g in cells.get(n, {})}
-    if out.flags:
-        out.status = "flagged"
-        out.zeroed = sorted(g for n, g in zeroed if g in cells.get(n, {}))
-        out.score = sum(0.0 if (n, g) in zeroed else s
-                        for n, nb_cells in cells.items() for g, (s, _) in nb_cells.items())
-    else:
-        out.status = "graded"
-        out.score = out.autograde_score
+    # the scan's findings are notes for the instructor: they never change a score
+    out.status = "graded"
+    out.score = out.autograde_score
     out.seconds = round(time.perf_counter() - t0, 2)
     return out, work
 
@@ -924,15 +837,15 @@ def write_gradebook(gb, out: Outcome) -> None:
     if out.status == "failed":
         return
     gb.add_submission(out.assignment, out.student)
-    zeroed = set(out.zeroed) if out.status == "flagged" else set()
+    zeroed = set(out.zeroed)
     for nb_name, cells in out.cells.items():
         for gid, (score, _) in cells.items():
             grade = gb.find_grade(gid, nb_name, out.assignment, out.student)
             grade.auto_score = 0.0 if gid in zeroed else score
             grade.manual_score = None
-            grade.needs_manual_grade = gid in zeroed
+            grade.needs_manual_grade = False
         snb = gb.find_submission_notebook(nb_name, out.assignment, out.student)
-        snb.flagged = out.status == "flagged"
+        snb.flagged = bool(out.flags) and not out.review
     gb.db.commit()
 
 
@@ -940,7 +853,7 @@ def merge(course: Course, gb, out: Outcome, work: Path | None, status: dict) -> 
     """Record one outcome: gradebook, autograded notebook, feedback, status, ledger."""
     previous = status.get(out.key)
     if previous and previous.get("review") and previous.get("hash") == out.hash \
-            and out.status == "flagged":
+            and out.status == "graded":
         apply_review(out, previous["review"])
     write_gradebook(gb, out)
     rel = Path(out.student) / out.assignment
@@ -949,8 +862,7 @@ def merge(course: Course, gb, out: Outcome, work: Path | None, status: dict) -> 
     _replace_files(tc / "autograded" / rel if tc and out.status != "failed" else None,
                    course.autograded / rel, names)
     fb = tc / "feedback" / rel if tc and out.status != "failed" else None
-    _replace_files(fb if out.status == "graded" else None, course.feedback / rel, "*.html")
-    _replace_files(fb if out.status == "flagged" else None, course.withheld / rel, "*.html")
+    _replace_files(fb, course.feedback / rel, "*.html")
     status[out.key] = asdict(out)
     save_status(course, status)
     with open(course.ledger, "a") as fh:
@@ -961,19 +873,18 @@ def merge(course: Course, gb, out: Outcome, work: Path | None, status: dict) -> 
 
 
 def apply_review(out: Outcome, review: dict) -> None:
-    """A flagged outcome settled by the instructor: accept (nbgrader's scores; what the runtime
-    guard zeroed stays 0) or zero (every part 0)."""
+    """The instructor's decision after reading a submission: accept (the full autograde score,
+    which the scan never changed) or zero (every part 0)."""
     out.review = review
     if review["decision"] == "accept":
         out.score = out.autograde_score or 0.0
+        out.zeroed = []
     else:
         out.score = 0.0
         out.zeroed = [g for cells in out.cells.values() for g in cells]
         for cells in out.cells.values():
             for g in cells:
                 cells[g] = [0.0, cells[g][1]]
-    if review["decision"] == "accept":
-        out.zeroed = []
     out.status = "graded"
 
 
@@ -992,6 +903,8 @@ class RunSummary:
             return [o for o in self.results if o.status == "graded" and o.score == 0]
         if what == "graded":
             return [o for o in self.results if o.status == "graded" and o.score > 0]
+        if what == "noted":
+            return [o for o in self.results if o.status == "graded" and o.flags]
         return [o for o in self.results if o.status == what]
 
 
@@ -1022,7 +935,9 @@ def _autograde(course: Course, assignments, students, limits: Limits, force: boo
 
     t0 = time.perf_counter()
     summary = RunSummary(workers=limits.resolved_workers())
-    subs = find_submissions(course, assignments, students)
+    subs, rejected = find_submissions(course, assignments, students)
+    for r in rejected:
+        print(f"autograde: not graded: {r.path}: {r.reason}", flush=True)
     if not subs:
         where = f"{course.submitted.relative_to(course.root)}/"
         only = " ".join(f"{flag} {v}" for flag, vs in (("-a", assignments), ("-s", students))
@@ -1035,6 +950,13 @@ def _autograde(course: Course, assignments, students, limits: Limits, force: boo
     todo = []
     for sub in subs:
         known = sub.assignment in course.assignments()
+        try:
+            sub.skipped = take_snapshot(course, sub)
+        except Exception as exc:  # noqa: BLE001 - an unreadable tree fails itself only
+            sub.problem = f"the submitted folder cannot be read safely: {exc}"[:300]
+            sub.digest = "unreadable"
+            todo.append(sub)
+            continue
         sub.digest = submission_digest(sub, cache.digest(sub.assignment) if known else "")
         last = status.get(sub.key)
         same = last and last.get("hash") == sub.digest and not force and \
@@ -1045,29 +967,37 @@ def _autograde(course: Course, assignments, students, limits: Limits, force: boo
     needed = {s.assignment for s in todo if s.assignment in course.assignments()}
     if needed - names:
         raise GradingError(f"assignment(s) {', '.join(sorted(needed - names))} not in the "
-                           "gradebook: run `tools/grade.py generate` first")
+                           "gradebook: run `python -m flowgrade generate` first")
     template = make_template(course) if todo else None
-    caps = sandbox_caps()
     if not quiet:
         print(f"autograde: {len(todo)} submission(s) to grade, {len(summary.unchanged)} "
               f"unchanged (skipped); {summary.workers} worker(s); limits: "
               f"{limits.timeout:g} s per submission, {limits.cell_timeout} s per cell"
               + "".join(f" ({v} s for {k})" for k, v in sorted(limits.cell_timeouts.items()))
               + ", "
-              f"{limits.memory_mb} MB per process; sandbox: {sandbox_text(caps)}", flush=True)
+              f"{limits.memory_mb} MB per process; sandbox: {sandbox_text()}", flush=True)
     width = len(str(len(todo)))
     stop = threading.Event()
+
+    import queue
+
+    slots: queue.Queue = queue.Queue()
+    for k in range(summary.workers):  # one sandbox uid per concurrent grader (process limits)
+        slots.put(k)
 
     def work(sub: Submission):
         if stop.is_set():
             return Outcome(sub.student, sub.assignment, sub.digest,
                            reason="interrupted before grading"), None
+        slot = slots.get()
         try:
-            return grade_submission(course, sub, limits, cache, template, server)
+            return grade_submission(course, sub, limits, cache, template, server, slot)
         except Exception as exc:  # a bug or a setup problem: that submission fails, not the run
             out = Outcome(sub.student, sub.assignment, sub.digest,
                           reason=f"grader error: {type(exc).__name__}: {exc}"[:500])
             return out, None
+        finally:
+            slots.put(slot)
 
     server = None
     if todo and os.environ.get("FLOWS_FORKSERVER", "1") != "0":
@@ -1110,17 +1040,18 @@ def print_summary(summary: RunSummary) -> None:
           f"{summary.workers} worker(s); {len(summary.unchanged)} unchanged, skipped "
           "(--force to grade them again)")
     for what, text in (("graded", "graded (score > 0)"), ("zero", "graded, score 0"),
-                       ("flagged", "flagged for review"), ("failed", "failed to run")):
+                       ("noted", "with notes of the scan (scores unchanged)"),
+                       ("failed", "failed to run")):
         print(f"  {len(summary.count(what)):>4}  {text}")
-    for what in ("flagged", "failed"):
+    for what in ("noted", "failed"):
         rows = summary.count(what)
         if rows:
             print(f"{what}:")
             for o in sorted(rows, key=lambda o: o.key):
                 print(f"  {o.key}: {o.note_text()}")
-    if summary.count("flagged"):
-        print("settle flagged submissions with: tools/grade.py review STUDENT ASSIGNMENT "
-              "accept|zero [--note TEXT]")
+    if summary.count("noted"):
+        print("after reading a noted submission: python -m flowgrade review STUDENT "
+              "ASSIGNMENT accept|zero [--note TEXT]")
 
 
 # ----------------------------------------------------------------------------- feedback
@@ -1129,7 +1060,7 @@ def print_summary(summary: RunSummary) -> None:
 def feedback(course: Course, assignments: list[str] | None = None,
              students: list[str] | None = None) -> list[str]:
     """Re-make HTML feedback from the main gradebook (after manual grading): nbgrader's
-    generate_feedback (hidden tests removed by the config); flagged submissions stay withheld.
+    generate_feedback (sanitised pages of notebooks that hold no hidden test).
     Returns the problems found (empty when all went well)."""
     course.prepare()
     status = load_status(course)
@@ -1144,13 +1075,9 @@ def feedback(course: Course, assignments: list[str] | None = None,
             made = list((course.feedback / s / ps).glob("*.html"))
             if proc.returncode != 0 or not made:
                 problems.append(f"feedback {s}/{ps}: {error_lines(proc.stdout)} (log: {log})")
-            if status.get(f"{s}/{ps}", {}).get("status") == "flagged":
-                _replace_files(course.feedback / s / ps, course.withheld / s / ps, "*.html")
-                _remove(course.feedback / s / ps)
-            else:
-                for extra in (course.feedback / s / ps).glob("*"):
-                    if extra.suffix != ".html":  # only the HTML goes to the student
-                        shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
+            for extra in (course.feedback / s / ps).glob("*"):
+                if extra.suffix != ".html":  # only the HTML goes to the student
+                    shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
         print(f"feedback {ps}: {len(graded)} student(s)", flush=True)
     return problems
 
@@ -1163,13 +1090,14 @@ CSV_FIELDS = ["student", "assignment", "score", "max_score", "status", "note",
 
 
 def export(course: Course) -> list[dict]:
-    """grading/grades.csv: one row per student x assignment. status: graded, flagged (score
-    counts the unaffected parts only, until review), failed (0, the reason in note), missing
-    (nothing submitted) or ungraded (submitted, not graded yet)."""
+    """grading/grades.csv: one row per student x assignment. status: graded, failed (0, the
+    reason in note), missing (nothing submitted) or ungraded (submitted, not graded yet).
+    Text fields are escaped against spreadsheet formulas (flowgrade.sanitize.csv_field)."""
+    from .sanitize import csv_field
+
     course.prepare()
     status = load_status(course)
-    cache = AssignmentCache(course)
-    subs = {s.key: s for s in find_submissions(course)}
+    subs = {s.key: s for s in find_submissions(course)[0]}
     assignments = course.assignments()
     max_scores = {}
     with course.gradebook() as gb:
@@ -1187,11 +1115,9 @@ def export(course: Course) -> list[dict]:
                    "autograde_score": None}
             last = status.get(key)
             sub = subs.get(key)
-            if sub is not None:
-                sub.digest = submission_digest(sub, cache.digest(ps))
-            if sub is not None and (not last or last.get("hash") != sub.digest):
+            if sub is not None and not last:
                 row["status"] = "ungraded"
-                row["note"] = "changed since last graded" if last else "not graded yet"
+                row["note"] = "not graded yet"
             elif last and sub is not None:
                 out = Outcome.from_dict(last)
                 row.update(score=out.score, status=out.status, note=out.note_text(),
@@ -1204,7 +1130,10 @@ def export(course: Course) -> list[dict]:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "score": f"{row['score']:g}",
+            writer.writerow({**row, "student": csv_field(row["student"]),
+                             "assignment": csv_field(row["assignment"]),
+                             "status": csv_field(row["status"]), "note": csv_field(row["note"]),
+                             "score": f"{row['score']:g}",
                              "max_score": "" if row["max_score"] is None
                              else f"{row['max_score']:g}",
                              "autograde_score": "" if row["autograde_score"] is None
@@ -1232,15 +1161,15 @@ def print_table(rows: list[dict]) -> None:
 
 
 def review(course: Course, student: str, assignment: str, decision: str, note: str = "") -> int:
-    """Settle a flagged submission: accept nbgrader's scores, or zero every part."""
+    """Settle a submission the scan noted: accept its autograde score, or zero every part."""
     status = load_status(course)
     key = f"{student}/{assignment}"
     if key not in status:
         raise GradingError(f"{key} has not been graded")
     out = Outcome.from_dict(status[key])
-    if out.status != "flagged" and not out.review:
-        raise GradingError(f"{key} is {out.status}, not flagged: nothing to review")
-    if out.review:  # reviewing again: start from the flagged outcome
+    if out.status != "graded":
+        raise GradingError(f"{key} is {out.status}: nothing to review")
+    if out.review:
         raise GradingError(f"{key} was already reviewed ({out.review['decision']}); "
                            "`autograde --force -s` grades it again")
     apply_review(out, {"decision": decision, "note": note,
@@ -1250,10 +1179,9 @@ def review(course: Course, student: str, assignment: str, decision: str, note: s
     status[key] = asdict(out)
     save_status(course, status)
     # the feedback is made again from the gradebook, so that it shows the settled scores
-    _remove(course.withheld / student / assignment)
     problems = feedback(course, [assignment], [student])
     export(course)
-    print(f"{key}: {decision} -> {out.score:g} / {out.max_score:g}; feedback released")
+    print(f"{key}: {decision} -> {out.score:g} / {out.max_score:g}")
     for p in problems:
         print(f"PROBLEM {p}")
     return 1 if problems else 0
@@ -1276,7 +1204,7 @@ def copy_demo_class(course: Course, demo: Path = DEMO_CLASS) -> int:
 def run_all(course: Course, assignments=None, students=None, demo: bool = True,
             limits: Limits | None = None, force: bool = False, retry_failed: bool = False
             ) -> int:
-    import grading_report
+    from . import report as grading_report
 
     t0 = time.perf_counter()
     generate(course)
@@ -1293,7 +1221,7 @@ def run_all(course: Course, assignments=None, students=None, demo: bool = True,
     print()
     print_summary(summary)
     print(f"grades:   {course.grades_csv}")
-    print(f"feedback: {course.feedback}/<student>/<assignment>/ (flagged: {course.withheld}/)")
+    print(f"feedback: {course.feedback}/<student>/<assignment>/")
     print(f"reports:  {', '.join(str(p) for p in written)}")
     print(f"{time.perf_counter() - t0:.1f} s in all")
     return 1 if summary.count("failed") else 0
@@ -1368,8 +1296,7 @@ def main(argv: list[str] | None = None) -> int:
             generate(course)
             return 0
         if args.command == "sandbox":
-            caps = sandbox_caps()
-            print(f"sandbox: {sandbox_text(caps)}")
+            print(f"sandbox: {sandbox_text()}")
             return 0
         if args.command == "autograde":
             summary = autograde(course, args.assignment, args.student, _limits(args),
@@ -1387,7 +1314,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"grades: {course.grades_csv}")
             return 0
         if args.command == "report":
-            import grading_report
+            from . import report as grading_report
 
             rows = export(course)
             for p in grading_report.write_reports(course, rows, load_status(course)):

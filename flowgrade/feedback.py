@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from nbconvert.exporters import HTMLExporter
 
-from .sanitize import sanitize_html
-
 __all__ = ["SanitizedHTMLExporter"]
 
 
@@ -20,5 +18,7 @@ class SanitizedHTMLExporter(HTMLExporter):
     """HTMLExporter whose output is sanitised (no script runs, nothing is fetched)."""
 
     def from_notebook_node(self, nb, resources=None, **kw):
+        from .sanitize import sanitize_html
+
         output, resources = super().from_notebook_node(nb, resources, **kw)
         return sanitize_html(output), resources

@@ -1,21 +1,20 @@
 #!/usr/bin/env python3
 """Autograde one submission and write its feedback, in a private course directory.
 
-Started by tools/grade.py inside the sandbox (tools/sandbox.py run), one process per
-submission: `python tools/grade_one.py JOB.json`. The job names the private course directory
-(its own gradebook, holding only the assignments, and the submission), the student, the
-assignment and the limits. nbgrader runs in this process; the student's code runs in the
-kernel nbgrader starts, through the `flows-sandbox` kernelspec (more confined still).
+Started by flowgrade.driver, one process per submission: `python -m flowgrade.grade_one
+JOB.json`. The job names the private course directory (its own gradebook, holding only the
+assignments, and the submission), the student, the assignment and the limits. This process is
+the trusted side: nbgrader and the harness that runs the tests (flowgrade.preprocessor); the
+student's code runs only in the bubblewrap-sandboxed kernel the harness starts.
 
 Writes JOB["result"]: {"autograde": "ok" | error, "feedback": "ok" | error, "seconds": ...};
 nbgrader's log goes to JOB["log"]. Exit status 0 when both steps succeeded.
 
-`python tools/grade_one.py --server` is a fork server: it imports nbgrader once, then reads
-one request per line on stdin ({"job", "spec", "env", "cwd", "log"}) and forks a child per
-request, which confines itself (tools/sandbox.py run_confined: limits, namespaces, Landlock)
-and grades that job; it answers {"job", "pid"} when the child started and {"job", "exit"}
-when it ended. Forking a warm process saves each submission the ~2 s of CPU that importing
-nbgrader and nbconvert costs; each submission still has its own confined process.
+`python -m flowgrade.grade_one --server` is a fork server: it imports nbgrader, nbconvert and
+torch once, then reads one request per line on stdin ({"job", "env", "cwd", "log"}) and forks a
+child per request that grades that job; it answers {"job", "pid"} when the child started and
+{"job", "exit"} when it ended. Forking a warm process saves each submission the seconds of CPU
+those imports cost.
 """
 from __future__ import annotations
 
@@ -27,17 +26,11 @@ import time
 import traceback
 from pathlib import Path
 
-TOOLS = Path(__file__).resolve().parent
-
 
 def configure(job: dict):
+    """The course's nbgrader configuration (HarnessExecute and the sanitised feedback
+    exporter come from it) pointed at the private course directory of one submission."""
     from traitlets.config.loader import PyFileConfigLoader
-
-    sys.path.insert(0, str(TOOLS))
-    from guard import GuardCells, GuardVerify, SafeExecute
-    from nbconvert.preprocessors import ClearMetadataPreprocessor
-    from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, IgnorePattern,
-                                        LimitOutput, SaveAutoGrades)
 
     main = Path(job["main_config"])
     cfg = PyFileConfigLoader(main.name, path=str(main.parent)).load_config()
@@ -50,14 +43,9 @@ def configure(job: dict):
     cd.autograded_directory = "autograded"
     cd.feedback_directory = "feedback"
     cd.db_url = "sqlite:///" + os.path.join(course, "gradebook.db")
-    cfg.Execute.timeout = int(job["cell_timeout"])
-    cfg.Execute.kernel_name = job["kernel_name"]
-    cfg.Execute.iopub_timeout = 10
-    cfg.Execute.shutdown_kernel = "immediate"
-    cfg.GuardVerify.report_dir = job["report_dir"]
-    cfg.Autograde.autograde_preprocessors = [
-        GuardCells, SafeExecute, GuardVerify, IgnorePattern, ClearMetadataPreprocessor,
-        LimitOutput, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+    cfg.HarnessExecute.timeout = int(job["cell_timeout"])
+    cfg.HarnessExecute.memory_mb = int(job["memory_mb"])
+    cfg.HarnessExecute.cpu_seconds = int(job["cpu_seconds"])
     return cfg
 
 
@@ -100,13 +88,13 @@ def serve() -> int:
     import select
     import signal
 
-    sys.path.insert(0, str(TOOLS))
-    import guard  # noqa: F401 - imported once here, inherited by every child
+    import nbconvert.exporters  # noqa: F401 - imported once here, inherited by every child
     import nbconvert.preprocessors  # noqa: F401
     import nbgrader.converters  # noqa: F401
-    import nbgrader_hidden  # noqa: F401
-    import sandbox
+    import torch  # noqa: F401 - the harness runs the tests with it
     from traitlets.config.loader import PyFileConfigLoader  # noqa: F401
+
+    from . import feedback, harness, preprocessor  # noqa: F401
 
     jobs: dict[int, str] = {}
 
@@ -156,8 +144,7 @@ def serve() -> int:
                     os.chdir(req["cwd"])
                     os.environ.clear()
                     os.environ.update(req["env"])
-                    spec = json.loads(Path(req["spec"]).read_text())
-                    code = sandbox.run_confined(spec, lambda: main(["grade_one", req["job"]]))
+                    code = main(["grade_one", req["job"]])
                 except BaseException:  # noqa: BLE001
                     traceback.print_exc()
                     code = 1
