@@ -2,12 +2,12 @@
 """Benchmark of the grading pipeline: a synthetic class of problem set 1, graded with 1 worker
 and with N workers (`make bench-grading`, ARGS="--students 40" for a quick run).
 
-The class mixes, in a fixed pattern: correct answers (40 %), wrong answers that pass the visible
-tests or fail some (20 %), the untouched exercise (15 %), broken notebooks (invalid JSON, empty,
-deleted tests: 10 %) and every hostile case of tools/hostile.py in turn (15 %). Each run grades
-the whole class in a fresh copy of the course (`tools/grade.py autograde --workers W`), then
-checks that no submission was lost or graded twice (grading/status.json, grading/ledger.jsonl)
-and that every submission got its expected outcome (status and score).
+The class mixes, in a fixed pattern of 20: correct answers (8), the demo class's wrong answers
+(carol and dave: 4), the untouched exercise (3), a notebook that is not JSON (1), and the
+unusual and hostile cases of tests/grading/cases.py in turn (4). Each run grades the whole class
+in a fresh copy of the course (`python -m flowgrade autograde --workers W`), then checks that no
+submission was lost or graded twice (grading/status.json, grading/ledger.jsonl) and that every
+submission got its expected outcome (status and score).
 
 Writes bench/results/grading.json (every run) and bench/results/grading.md (one line per run).
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import platform
@@ -29,48 +30,36 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tools"))
-import hostile  # noqa: E402
-import sandbox  # noqa: E402
+_spec = importlib.util.spec_from_file_location("grading_cases",
+                                               REPO / "tests" / "grading" / "cases.py")
+cases = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cases)
+PS = cases.PS
+DEMO = REPO / "tests" / "grading" / "demo_class"
 
-PS = hostile.PS
-RESULTS = REPO / "bench" / "results"
 
+def synthetic_class(n: int) -> list[tuple[str, object, str, float]]:
+    """(student, notebook or bytes, expected status, expected score) for n students."""
+    import nbformat
 
-def synthetic_class(n: int, caps: dict) -> list[tuple[str, object, str, float]]:
-    """[(student, notebook or bytes, expected status, expected score)]."""
-    c, k = hostile.correct(), hostile.carol()
-    honest = [
-        ("correct", lambda: hostile.student(c), "graded", 12.0),
-        ("carol", lambda: hostile.student(k), "graded", 4.0),
-        ("p1p2", lambda: hostile.student(hostile.mixed(part1="correct", part2="correct")),
-         "graded", 8.0),
-        ("p3", lambda: hostile.student(hostile.mixed(part3="correct", part1="carol")),
-         "graded", 5.0),
-        ("untouched", lambda: hostile.exercise(), "graded", 0.0),
-    ]
-    broken = [("json", hostile.invalid_json, "failed", 0.0),
-              ("empty", hostile.empty, "graded", 0.0),
-              ("deleted", hostile.delete_tests, "graded", 8.0)]
-    bad = [(case.student, case.build, case.status, case.score) for case in hostile.cases(caps)]
-    # a fixed pattern of 20: 8 correct, 2 + 2 wrong, 3 untouched, 2 broken, 3 hostile
-    pattern = (["correct"] * 8 + ["carol", "carol", "p1p2", "p3"] + ["untouched"] * 3
-               + ["broken", "broken"] + ["hostile"] * 3)
-    kinds = {name: (build, status, score) for name, build, status, score in honest}
-    out = []
-    nb_broken = nb_bad = 0
+    demo = {s: nbformat.read(DEMO / s / PS / cases.NB, as_version=4)
+            for s in ("alice", "carol", "dave", "bob")}
+    kinds = {"correct": (demo["alice"], "graded", 12.0), "carol": (demo["carol"], "graded", 4.0),
+             "dave": (demo["dave"], "graded", 5.0), "untouched": (demo["bob"], "graded", 0.0),
+             "json": (b'{"cells": [', "failed", 0.0)}
+    special = [(c.student, c.notebook(), "graded", c.expected) for c in cases.cases()]
+    pattern = (["correct"] * 8 + ["carol", "carol", "dave", "dave"] + ["untouched"] * 3
+               + ["json"] + ["special"] * 4)
+    out, k = [], 0
     for i in range(n):
         kind = pattern[i % len(pattern)]
-        if kind == "broken":
-            name, build, status, score = broken[nb_broken % len(broken)]
-            nb_broken += 1
-        elif kind == "hostile":
-            name, build, status, score = bad[nb_bad % len(bad)]
-            nb_bad += 1
+        if kind == "special":
+            name, made, status, score = special[k % len(special)]
+            k += 1
         else:
             name = kind
-            build, status, score = kinds[kind]
-        out.append((f"s{i:03d}_{name}", build(), status, score))
+            made, status, score = kinds[kind]
+        out.append((f"s{i:03d}_{name}", made, status, score))
     return out
 
 
@@ -92,13 +81,12 @@ def fresh_course(root: Path) -> Path:
     course.mkdir(parents=True)
     shutil.copy(REPO / "nbgrader_config.py", course)
     shutil.copytree(REPO / "solutions", course / "solutions")
-    shutil.copytree(REPO / "tools", course / "tools", ignore=shutil.ignore_patterns("__pycache__"))
     return course
 
 
 def grade_py(course: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(course / "tools" / "grade.py"), "--root",
-                           str(course), *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "flowgrade", "--root", str(course), *args],
+                          capture_output=True, text=True)
 
 
 def run(root: Path, students, workers: int, cell_timeout: int, timeout: float) -> dict:
@@ -134,7 +122,7 @@ def run(root: Path, students, workers: int, cell_timeout: int, timeout: float) -
     result = {
         "workers": workers, "students": len(students), "wall_s": round(wall, 1),
         "per_submission_s": round(wall / len(students), 2), "cpu_s": round(cpu, 1),
-        "graded": counts["graded"] - zero, "zero": zero, "flagged": counts["flagged"],
+        "graded": counts["graded"] - zero, "zero": zero,
         "failed": counts["failed"], "lost": len(lost), "graded_twice": len(double),
         "wrong_outcomes": wrong, "exit_status": proc.returncode,
     }
@@ -157,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     n_cpu = len(os.sched_getaffinity(0))
     workers = args.workers or n_cpu
-    caps = sandbox.capabilities()
-    students = synthetic_class(args.students, caps)
+    from flowgrade.sandbox import capabilities
+
+    caps = capabilities()["summary"]
+    students = synthetic_class(args.students)
     print(f"grading benchmark: {args.students} submissions of {PS}, {n_cpu} CPU(s), "
           f"sandbox {caps}", flush=True)
     runs = []
@@ -188,12 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     md = RESULTS / "grading.md"
     lines = md.read_text().splitlines() if md.exists() else [
         "| date | submissions | CPUs | workers | wall (s) | s / submission | CPU (s) | "
-        "graded / zero / flagged / failed | lost | graded twice | unexpected |",
+        "graded / zero / failed | lost | graded twice | unexpected |",
         "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {record['date'][:10]} | {r['students']} | {n_cpu} | {r['workers']} | "
                      f"{r['wall_s']} | {r['per_submission_s']} | {r['cpu_s']} | "
-                     f"{r['graded']} / {r['zero']} / {r['flagged']} / {r['failed']} | "
+                     f"{r['graded']} / {r['zero']} / {r['failed']} | "
                      f"{r['lost']} | {r['graded_twice']} | {len(r['wrong_outcomes'])} |")
     md.write_text("\n".join(lines) + "\n")
     print(f"wrote {out} and {md}")
