@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("grading_cases",
                                                REPO / "tests" / "grading" / "cases.py")
 cases = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = cases  # dataclasses look their module up there
 _spec.loader.exec_module(cases)
 PS = cases.PS
 DEMO = REPO / "tests" / "grading" / "demo_class"

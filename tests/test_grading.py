@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("grading_cases", REPO / "tests" / "grading"
                                                / "cases.py")
 _cases = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = _cases  # dataclasses look their module up there
 _spec.loader.exec_module(_cases)
 FULL, NB, PS, cases = _cases.FULL, _cases.NB, _cases.PS, _cases.cases
 ASSIGNMENTS = sorted(p.name for p in (REPO / "solutions").iterdir() if p.is_dir())
@@ -85,11 +86,15 @@ def graded(tmp_path_factory):
     odd = CASES[-1].write(submitted / ".." / "submitted_odd")  # a blank copy, then odd names
     shutil.move(str(odd.parent), str(submitted / "oddnames"))
     folder = submitted / "oddnames" / PS
-    (Path(os.fsencode(folder)) / b"caf\xe9-\xff.txt").write_bytes(b"not utf-8")
-    deep = folder
-    for _ in range(2000):
-        deep = deep / "d"
-    os.makedirs(deep)
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9-\xff.txt"), "wb") as fh:
+        fh.write(b"not utf-8")
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(2000):  # deeper than Python's recursion limit and than PATH_MAX
+        os.mkdir("d", dir_fd=fd)
+        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.close(fd)
     limits = ["--workers", "2", "--cell-timeout", "180", "--cell-timeout", f"{PS}=30",
               "--timeout", "600"]
     first = flowgrade(course, "all", "--no-demo", *limits)
@@ -97,8 +102,11 @@ def graded(tmp_path_factory):
     again = flowgrade(course, "autograde", *limits)
     print(f"timing: `all` on {len(status)} submissions {first.seconds:.1f} s; "
           f"unchanged re-run {again.seconds:.1f} s")
-    return {"course": course, "all": first, "again": again, "status": status,
-            "csv": (course / "grading" / "grades.csv").read_text()}
+    yield {"course": course, "all": first, "again": again, "status": status,
+           "csv": (course / "grading" / "grades.csv").read_text()}
+    from flowgrade.submissions import remove_tree
+
+    remove_tree(submitted / "oddnames")  # deeper than shutil.rmtree (pytest's clean-up) copes with
 
 
 def score(graded, student: str, ps: str = PS) -> float | None:
