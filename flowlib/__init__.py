@@ -5,30 +5,32 @@ Direction follows the lectures: ``forward`` is generative (z -> x), ``inverse`` 
 """
 
 from . import data, metrics, testing, train, viz
-from .bijection import Bijection, Compose, Inverse, check_input, soft_clamp
+from .bijection import Bijection, Compose, Inverse, check_input, soft_clamp, sum_except_batch
 from .distributions import BaseDistribution, DiagonalGaussian, Flow, StandardLogistic, StandardNormal
 from .elementwise import ElementwiseAffine, Exp, LeakyReLU, Sigmoid, SinhArcsinh, Tanh
 from .linear import Linear, Permutation
 from .train import budget, device, fit, seed
 from .autoregressive import MADE, MaskedAutoregressive
-from .coupling import (AdditiveCoupling, AffineCoupling, Rescale, alternating_mask, channel_mask,
-                       checkerboard_mask, half_mask)
+from .coupling import (AdditiveCoupling, AffineCoupling, Coupling, Rescale, alternating_mask,
+                       channel_mask, checkerboard_mask, half_mask)
+from .maps import AdditiveMap, AffineMap, ElementwiseMap
 from .normalization import ActNorm, BatchNormFlow
 from .invconv import GlowStep, InvConv1x1
 from .preprocess import LogitPreprocess
 from .reshape import FactorOut, Squeeze
-from .spline import SplineAutoregressive, SplineCoupling, rq_spline
+from .spline import SplineAutoregressive, SplineCoupling, SplineMap, rq_spline
 from . import spline
 from . import autoregressive, binary, models
 from . import coupling, normalization, preprocess, reshape
 from . import invconv
+from . import activations, maps, sequential
 from . import distill
 from .distill import kl_estimate
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Bijection", "Compose", "Inverse", "check_input", "soft_clamp",
+    "Bijection", "Compose", "Inverse", "check_input", "soft_clamp", "sum_except_batch",
     "BaseDistribution", "StandardNormal", "DiagonalGaussian", "StandardLogistic", "Flow",
     "ElementwiseAffine", "Exp", "Sigmoid", "Tanh", "LeakyReLU", "SinhArcsinh",
     "Linear", "Permutation",
@@ -41,4 +43,14 @@ __all__ = [
     "ActNorm", "InvConv1x1", "GlowStep", "invconv",
     "distill", "kl_estimate",
     "SplineAutoregressive", "SplineCoupling", "rq_spline", "spline",
+    "Coupling", "ElementwiseMap", "AdditiveMap", "AffineMap", "SplineMap",
+    "activations", "maps", "sequential",
 ]
+
+# beyond the lectures (chapter 8): residual flows and continuous-time flows
+from . import continuous, pixelcnn, residual
+from .continuous import ContinuousFlow, VelocityField, fit_flow_matching, flow_matching_loss
+from .residual import ResidualBlock, SpectralLinear
+
+__all__ += ["residual", "continuous", "pixelcnn", "ResidualBlock", "SpectralLinear", "ContinuousFlow",
+            "VelocityField", "flow_matching_loss", "fit_flow_matching"]

@@ -220,5 +220,16 @@ def examples() -> Iterator[tuple[str, Bijection, Tensor]]:
     yield ("SplineCoupling/half.inv",
            perturb(SplineCoupling(half_mask(d, flip=True), (8, 8), bins=3, bound=2.5),
                    seed=2).double().inv, 1.5 * _z(6, d, seed=2))
+    # beyond the lectures (chapter 8): the residual block in its exact log-det mode (the
+    # estimator is random, tested statistically in tests/test_residual.py), an ODE flow with the
+    # exact trace and enough RK4 steps for the tolerances
+    from .residual import ResidualBlock
+    from .continuous import ContinuousFlow, VelocityField
+    yield ("ResidualBlock", perturb(ResidualBlock(d, hidden=(8, 8), coeff=0.9)).double(),
+           _z(6, d))
+    yield ("ResidualBlock.inv", perturb(ResidualBlock(d, hidden=(6,), coeff=0.8, activation="tanh"),
+                                        seed=1).double().inv, _z(6, d, seed=1))
+    yield ("ContinuousFlow", perturb(ContinuousFlow(VelocityField(d, hidden=(8,)), d, steps=40),
+                                     0.1).double(), _z(6, d))
     for extra in _EXTRA:
         yield from extra()
