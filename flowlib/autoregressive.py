@@ -28,13 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bijection import Bijection, check_input, soft_clamp
+from .activations import activation as get_activation
+from .bijection import Bijection, check_input
+from .maps import AffineMap, ElementwiseMap
+from .sequential import sequential
 
 __all__ = ["MaskedLinear", "MADE", "MaskedAutoregressive", "made_order"]
-
-_ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU,
-                "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
-
 
 def made_order(features: int, order: str | Sequence[int] | Tensor = "natural",
                generator: torch.Generator | None = None) -> Tensor:
@@ -150,12 +149,12 @@ class MADE(nn.Module):
                                  f"got {hidden_degrees!r}")
             degrees.append(deg)
         self.register_buffer("degrees_out", degrees[0].repeat(self.outputs))
+        # Hidden degrees, kept for the incremental sequential pass (flowlib.sequential); not in
+        # the state dict, which the masks already determine.
+        for k, deg in enumerate(degrees[1:]):
+            self.register_buffer(f"_degrees_{k}", deg, persistent=False)
 
-        if isinstance(activation, str):
-            if activation not in _ACTIVATIONS:
-                raise ValueError(f"MADE: unknown activation {activation!r}; choose from "
-                                 f"{sorted(_ACTIVATIONS)} or pass an nn.Module class")
-            activation = _ACTIVATIONS[activation]
+        activation = get_activation(activation, "MADE")
 
         layers: list[nn.Module] = []
         for k, (d_in, d_out) in enumerate(zip(degrees[:-1], degrees[1:])):
@@ -172,7 +171,17 @@ class MADE(nn.Module):
     @property
     def masks(self) -> list[Tensor]:
         """The mask of every layer, ``[out, in]`` (context columns last in the first one)."""
-        return [m.mask for m in self.net if isinstance(m, MaskedLinear)]
+        return [m.mask for m in self.masked_linears]
+
+    @property
+    def masked_linears(self) -> list[MaskedLinear]:
+        """The masked layers, input side first (the last one is the output layer)."""
+        return [m for m in self.net if isinstance(m, MaskedLinear)]
+
+    @property
+    def hidden_degrees(self) -> list[Tensor]:
+        """The degree of every unit of every hidden layer (see the class docstring)."""
+        return [getattr(self, f"_degrees_{k}") for k in range(len(self.hidden))]
 
     @property
     def last(self) -> MaskedLinear:
@@ -216,21 +225,58 @@ class MADE(nn.Module):
                 f"context_features={self.context_features}")
 
 
-class _MADELayer(Bijection):
-    """Base of the flow layers whose parameters all come from one :class:`MADE` pass
-    (:class:`MaskedAutoregressive`, :class:`~flowlib.spline.SplineAutoregressive`): it builds the
-    MADE, with a zero output layer when ``identity_init`` (so the layer starts as the identity
-    map), and exposes its ordering."""
+class MaskedAutoregressive(Bijection):
+    r"""A masked autoregressive layer with any elementwise map: one layer of the masked
+    autoregressive flow (MAF, Papamakarios et al., 2017) by default; its ``.inv`` is one layer of
+    the inverse autoregressive flow (IAF, Kingma et al., 2016).
 
-    def __init__(self, features: int, hidden: Sequence[int], outputs: int,
-                 order: str | Sequence[int] | Tensor, context_features: int,
-                 activation: str | type[nn.Module], identity_init: bool,
-                 generator: torch.Generator | None):
+    A :class:`MADE` computes, for every coordinate :math:`i`, the parameters
+    :math:`\theta_i(x_{<i})` of the elementwise map :math:`h` (``elementwise``, an
+    :class:`~flowlib.maps.ElementwiseMap`) from the coordinates before :math:`i` in the ordering:
+
+    * inverse (normalizing, **parallel**: one MADE pass): :math:`z_i = h^{-1}(x_i;\ \theta_i(x_{<i}))`;
+    * forward (generative, **sequential**): :math:`x_i = h(z_i;\ \theta_i(x_{<i}))`, coordinate
+      after coordinate in the ordering (:func:`~flowlib.sequential.sequential`: every hidden unit
+      computed once, about one MADE pass of arithmetic in :math:`D` steps, when no gradient is
+      recorded; :math:`D` MADE passes otherwise);
+    * log-det: forward :math:`\sum_i \log|h'(z_i)|`, inverse its negative (the Jacobian is
+      triangular in the ordering, with diagonal :math:`h'`).
+
+    With the default :class:`~flowlib.maps.AffineMap`, the layer is a Gaussian autoregressive
+    model, :math:`x_i = e^{s_i} z_i + \mu_i` given :math:`x_{<i}` with :math:`\mu_i = -t_i e^{s_i}`:
+    the MAF layer, :math:`z = x \odot e^{-s} + t` in one pass. With
+    :class:`~flowlib.maps.AdditiveMap` it is volume preserving; with
+    :class:`~flowlib.spline.SplineMap` it is the autoregressive neural spline flow.
+
+    The MADE's output layer starts at zero (``identity_init``), so the layer starts as the
+    identity map for every map of :mod:`flowlib.maps`.
+
+    Args:
+        features: :math:`D`.
+        hidden, order, activation: passed to :class:`MADE`.
+        elementwise: the map (default ``AffineMap(log_scale_bound=3.0)``).
+        context: size of an optional context vector (every output may depend on it).
+        identity_init: start with a zero output layer (the identity map).
+        generator: random source of a ``"random"`` order.
+
+    Example:
+        >>> maf = MaskedAutoregressive(4, hidden=(16,))
+        >>> iaf = maf.inv  # the same parameters: parallel sampling, sequential density
+    """
+
+    def __init__(self, features: int, hidden: Sequence[int] = (64, 64), *,
+                 elementwise: ElementwiseMap | None = None,
+                 order: str | Sequence[int] | Tensor = "natural", context: int = 0,
+                 activation: str | type[nn.Module] = "relu", identity_init: bool = True,
+                 generator: torch.Generator | None = None):
         super().__init__()
         self.features = int(features)
-        self.made = MADE(features, hidden, outputs=outputs, order=order,
-                         context_features=context_features, activation=activation,
-                         generator=generator)
+        self.elementwise = AffineMap(3.0) if elementwise is None else elementwise
+        if not isinstance(self.elementwise, ElementwiseMap):
+            raise TypeError(f"{type(self).__name__}: elementwise must be an ElementwiseMap, got "
+                            f"{type(self.elementwise).__name__}")
+        self.made = MADE(features, hidden, outputs=self.elementwise.params, order=order,
+                         context_features=context, activation=activation, generator=generator)
         if identity_init:
             self.made.zero_output_()
 
@@ -238,103 +284,42 @@ class _MADELayer(Bijection):
     def order(self) -> Tensor:
         return self.made.order
 
+    def params(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """The map's raw parameters at ``x``, ``[P, B, D]`` (one MADE pass; a view)."""
+        return self.made(x, context).view(x.shape[0], self.elementwise.params,
+                                          self.features).transpose(0, 1)
 
-class MaskedAutoregressive(_MADELayer):
-    r"""One layer of the masked autoregressive flow (MAF, Papamakarios et al., 2017); its
-    ``.inv`` is one layer of the inverse autoregressive flow (IAF, Kingma et al., 2016).
-
-    The layer is a Gaussian autoregressive model: given :math:`x_{<i}` (in the layer's ordering),
-    :math:`x_i = e^{\alpha_i} z_i + \mu_i` with :math:`z_i \sim \mathcal N(0, 1)`. MADE computes
-    :math:`(\beta, \tilde\alpha) = \text{MADE}(x)`, where :math:`\beta_i, \tilde\alpha_i` depend on
-    :math:`x_{<i}` only, and
-
-    .. math::
-        \alpha = \frac{2c}{\pi} \arctan\frac{\pi \tilde\alpha}{2c}, \qquad
-        \mu = e^{\alpha} \odot \beta
-        \quad(\beta_i = \mu_i / \sigma_i \text{: the mean in units of the standard deviation}).
-
-    * inverse (normalizing, **parallel**: one MADE pass): :math:`z = x \odot e^{-\alpha} - \beta`
-      (which is :math:`(x - \mu) \odot e^{-\alpha}`);
-    * forward (generative, **sequential**: D MADE passes): :math:`x = (z + \beta) \odot
-      e^{\alpha}`, computed coordinate after coordinate in the ordering (pass :math:`k` fixes the
-      coordinate at position :math:`k`);
-    * log-det: forward :math:`+\sum_i \alpha_i`, inverse :math:`-\sum_i \alpha_i` (the Jacobian is
-      triangular in the ordering, with diagonal :math:`e^{\alpha_i}`).
-
-    Two choices make it train faster than the textbook :math:`z = (x - \mu(x)) e^{-\alpha(x)}`
-    with a ``tanh`` clamp, for the same family of maps (benchmark 1 of ``bench/``, 12 seeds, KL to
-    the truth: rings 0.465 -> 0.410 nats, eight Gaussians 0.236 -> 0.222):
-
-    * the network predicts :math:`\beta`, so :math:`\partial z_i / \partial \beta_i = -1`; the
-      textbook mean's gradient is damped by :math:`e^{-\alpha_i}` wherever the layer expands;
-    * the soft clamp :math:`|\alpha| < c` (``max_log_scale``, default 3: one layer scales by at
-      most :math:`e^{\pm c}`, so the sequential pass cannot blow up) is an arctangent
-      (:func:`~flowlib.bijection.soft_clamp`), whose slope
-      :math:`1 / (1 + (\pi\tilde\alpha / 2c)^2)` decays polynomially, not exponentially like
-      ``tanh``'s: a layer that has grown a large scale can still change it. It is the identity
-      near 0, where the layer starts: the MADE's output layer starts at zero (``identity_init``).
-
-    :meth:`conditionals` gives :math:`(\mu, \alpha)`, the Gaussian conditionals' means and
-    log-standard-deviations.
-
-    Args:
-        features: :math:`D`.
-        hidden, order, context_features, activation: passed to :class:`MADE`.
-        max_log_scale: the soft bound :math:`c` on :math:`|\alpha_i|`.
-        identity_init: start with a zero output layer (the identity map).
-
-    Example:
-        >>> maf = MaskedAutoregressive(4, hidden=(16,))
-        >>> iaf = maf.inv  # the same parameters: parallel sampling, sequential density
-    """
-
-    def __init__(self, features: int, hidden: Sequence[int] = (64, 64),
-                 order: str | Sequence[int] | Tensor = "natural", context_features: int = 0,
-                 activation: str | type[nn.Module] = "relu", max_log_scale: float = 3.0,
-                 identity_init: bool = True, generator: torch.Generator | None = None):
-        if not max_log_scale > 0:
-            raise ValueError(f"MaskedAutoregressive: max_log_scale must be positive, "
-                             f"got {max_log_scale}")
-        super().__init__(features, hidden, 2, order, context_features, activation,
-                         identity_init, generator)
-        self.max_log_scale = float(max_log_scale)
+    def _affine(self) -> AffineMap:
+        if not isinstance(self.elementwise, AffineMap):
+            raise TypeError(f"{type(self).__name__}: Gaussian conditionals need an AffineMap, "
+                            f"this layer has {type(self.elementwise).__name__}")
+        return self.elementwise
 
     def shift_and_log_scale(self, x: Tensor, context: Tensor | None = None
                             ) -> tuple[Tensor, Tensor]:
-        r""":math:`(\beta, \alpha)` at ``x``, each ``[B, D]``: one MADE pass, soft clamp applied."""
-        beta, raw = self.made(x, context).unbind(1)
-        return beta, soft_clamp(raw, self.max_log_scale)
+        r"""Affine map only: :math:`(t, s)` at ``x``, each ``[B, D]`` (soft clamp applied), so
+        that :math:`z = x e^{-s} + t`."""
+        raw, shift = self.params(x, context)
+        return shift, self._affine().log_scale(raw)
 
     def conditionals(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        r""":math:`(\mu, \alpha)`: mean and log-standard-deviation of every Gaussian conditional
-        :math:`p(x_i \mid x_{<i}) = \mathcal N(\mu_i, e^{2\alpha_i})`, computed at ``x``."""
-        beta, alpha = self.shift_and_log_scale(x, context)
-        return beta * torch.exp(alpha), alpha
+        r"""Affine map only: :math:`(\mu, \log\sigma)` of every Gaussian conditional
+        :math:`p(x_i \mid x_{<i}) = \mathcal N(\mu_i, \sigma_i^2)`, computed at ``x``."""
+        return self._affine().mean_and_log_std(self.params(x, context))
 
     def _check(self, x: Tensor, where: str) -> None:
         # Shapes only: non-finite values are caught once at the flow's entry (Flow.log_prob);
         # a finiteness test per layer would cost a device synchronisation per layer on a GPU.
-        check_input(x, dims=(self.features,), name=f"MaskedAutoregressive.{where}", finite=False)
+        check_input(x, dims=(self.features,), name=f"{type(self).__name__}.{where}", finite=False)
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(x, "inverse")
-        beta, raw = self.made(x, context).unbind(1)
-        # -alpha with the sign folded into the clamp: one kernel fewer on the path every training
-        # step takes, where such small operations are most of the cost.
-        neg_alpha = soft_clamp(raw, self.max_log_scale, negate=True)
-        return x * torch.exp(neg_alpha) - beta, neg_alpha.sum(1)
+        z, ld = self.elementwise.inverse(x, self.params(x, context))
+        return z, ld.sum(1)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(z, "forward")
-        # Pass k computes every coordinate from the current x; the coordinates at positions < k
-        # are already final, so the one at position k comes out right and stays right (its
-        # inputs do not change any more). After D passes all are final, and so are the alphas
-        # of the last pass, which give the log-det.
-        x = torch.zeros_like(z)
-        for _ in range(self.features):
-            beta, alpha = self.shift_and_log_scale(x, context)
-            x = (z + beta) * torch.exp(alpha)
-        return x, alpha.sum(1)
+        return sequential(self.made, self.elementwise, z, context)
 
     def extra_repr(self) -> str:
-        return f"features={self.features}, max_log_scale={self.max_log_scale}"
+        return f"features={self.features}"

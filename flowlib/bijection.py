@@ -21,7 +21,13 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Bijection", "Compose", "Inverse", "check_input", "soft_clamp"]
+__all__ = ["Bijection", "Compose", "Inverse", "check_input", "soft_clamp", "sum_except_batch"]
+
+
+def sum_except_batch(v: Tensor) -> Tensor:
+    """Sum every dimension but the first: elementwise log-derivatives ``[B, ...]`` -> the
+    per-sample log-determinant ``[B]``."""
+    return v.reshape(v.shape[0], -1).sum(1)
 
 
 def soft_clamp(raw: Tensor, bound: float, *, negate: bool = False) -> Tensor:

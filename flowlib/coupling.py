@@ -14,6 +14,7 @@ The Jacobian is block triangular, :math:`\begin{pmatrix} I & 0 \\ \partial x_B/\
 only needs :math:`\theta(x_A) = \theta(z_A)`, so :math:`\theta` itself is never inverted. It can be
 any network.
 
+* :class:`Coupling`: the structure, with any elementwise map :math:`h` of :mod:`flowlib.maps`;
 * :class:`AdditiveCoupling` (NICE, Dinh et al. 2014): :math:`x_B = z_B + m(z_A)`, volume preserving.
 * :class:`AffineCoupling` (RealNVP, Dinh et al. 2017): :math:`x_B = (z_B - t(z_A)) \odot e^{s(z_A)}`.
 * :class:`Rescale`: NICE's final diagonal scaling, the only part of NICE that changes volume.
@@ -41,21 +42,18 @@ couplings start *near* the identity instead (small random last layer), for the r
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bijection import Bijection, check_input, soft_clamp
+from .activations import activation as get_activation
+from .bijection import Bijection, check_input, sum_except_batch
+from .maps import AdditiveMap, AffineMap, ElementwiseMap
 
 __all__ = ["half_mask", "alternating_mask", "checkerboard_mask", "channel_mask",
-           "MLP", "ConvNet", "AdditiveCoupling", "AffineCoupling", "Rescale"]
-
-_ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU,
-                "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
-
+           "MLP", "ConvNet", "Coupling", "AdditiveCoupling", "AffineCoupling", "Rescale"]
 
 # ---------------------------------------------------------------------------- masks
 
@@ -114,14 +112,6 @@ def channel_mask(shape: Sequence[int], flip: bool = False) -> Tensor:
 # ---------------------------------------------------------------------------- conditioners
 
 
-def _activation(activation: str | type[nn.Module]) -> type[nn.Module]:
-    if isinstance(activation, str):
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}")
-        return _ACTIVATIONS[activation]
-    return activation
-
-
 def _init_last(layer: nn.Linear | nn.Conv2d, std: float) -> None:
     if std < 0:
         raise ValueError(f"init_std must be >= 0, got {std}")
@@ -145,7 +135,7 @@ class MLP(nn.Module):
                  context_features: int = 0, activation: str | type[nn.Module] = "relu",
                  init_std: float = 0.0):
         super().__init__()
-        act = _activation(activation)
+        act = get_activation(activation, type(self).__name__)
         self.context_features = int(context_features)
         sizes = [int(in_features) + self.context_features, *map(int, hidden)]
         layers: list[nn.Module] = []
@@ -189,7 +179,7 @@ class ConvNet(nn.Module):
                  context_channels: int = 0, activation: str | type[nn.Module] = "relu",
                  init_std: float = 0.0):
         super().__init__()
-        act = _activation(activation)
+        act = get_activation(activation, type(self).__name__)
         self.context_channels = int(context_channels)
         self.inp = nn.Conv2d(int(in_channels) + self.context_channels, int(hidden), 3, padding=1)
         self.blocks = nn.Sequential(*[_ResBlock(int(hidden), act) for _ in range(int(blocks))])
@@ -211,29 +201,54 @@ class ConvNet(nn.Module):
 # ---------------------------------------------------------------------------- couplings
 
 
-def _sum(v: Tensor) -> Tensor:
-    return v.reshape(v.shape[0], -1).sum(1)
+class Coupling(Bijection):
+    r"""A coupling layer with any elementwise map: :math:`x_A = z_A`,
+    :math:`x_B = h(z_B;\ \theta(z_A))`, with :math:`h` = ``elementwise`` (an
+    :class:`~flowlib.maps.ElementwiseMap`; default :class:`~flowlib.maps.AffineMap`) and
+    :math:`\theta` = ``conditioner``.
 
+    * forward: :math:`x_B = h(z_B; \theta(z_A))`, inverse: :math:`z_B = h^{-1}(x_B; \theta(x_A))`;
+    * log-det: :math:`\sum_{i \in B} \log|h'(z_i)|` forward, its negative inverse.
 
-class _Coupling(Bijection):
-    """The partition logic shared by the coupling layers; a subclass provides ``_transform``.
+    Both directions take one conditioner pass. The conditioner returns :math:`P` raw parameters
+    per transformed value (:math:`P` = ``elementwise.params``), parameter-major: ``[B, P * |B|]``
+    for vectors (the first :math:`|B|` columns are parameter 0 of every transformed coordinate),
+    ``[B, P * C', H, W]`` for images. It is called as ``conditioner(h)`` or, with a context,
+    ``conditioner(h, context)``.
 
-    Modes, chosen from the mask:
+    How the mask is applied is decided once, from the mask: ``"first"`` / ``"last"`` (A is a
+    contiguous block of features at the start / end: split by slicing, merge by one ``cat``),
+    ``"index"`` (any set of features: one gather each way), ``"mask"`` (the mask varies within a
+    channel, e.g. a checkerboard: the conditioner sees :math:`b \odot z`, the map runs on every
+    value and the conditioning values are kept by a selection).
 
-    * ``"first"`` / ``"last"``: A is a contiguous block of features (dimension 1) at the start /
-      end: split by slicing, merge by one ``torch.cat``;
-    * ``"index"``: A is any set of features: one gather to split, one to merge;
-    * ``"mask"``: the mask varies within a channel (checkerboard): multiplicative masking.
+    Args:
+        mask: event-shaped boolean mask (``True`` = conditioning part :math:`A`).
+        elementwise: the map :math:`h`.
+        conditioner: the network :math:`\theta`; by default an :class:`MLP` (vectors) or a
+            :class:`ConvNet` (images) whose last layer starts at ``init_std`` (default: the map's
+            ``init_std``, 0 for the affine and spline maps: the identity at initialisation).
+        hidden, blocks, activation: sizes of the default conditioner (``hidden`` a tuple of
+            widths for the MLP, a channel count for the ConvNet).
+        context: size of an optional context vector (or context channels) fed to the default
+            conditioner.
+
+    Example:
+        >>> from flowlib.maps import AdditiveMap
+        >>> layer = Coupling(half_mask(4), AdditiveMap(), hidden=(8,))
+        >>> x, ladj = layer(torch.randn(3, 4))
     """
 
-    params_per_dim = 1  # what the conditioner returns per transformed value
-    default_init_std = 0.0  # of the default conditioner's last layer
-
-    def __init__(self, mask: Tensor, conditioner: nn.Module | None = None, *,
+    def __init__(self, mask: Tensor, elementwise: ElementwiseMap | None = None,
+                 conditioner: nn.Module | None = None, *,
                  hidden: int | Sequence[int] | None = None, blocks: int = 1, context: int = 0,
                  activation: str | type[nn.Module] = "relu", init_std: float | None = None):
         super().__init__()
-        init_std = self.default_init_std if init_std is None else float(init_std)
+        self.elementwise = AffineMap(2.0) if elementwise is None else elementwise
+        if not isinstance(self.elementwise, ElementwiseMap):
+            raise TypeError(f"{type(self).__name__}: elementwise must be an ElementwiseMap, got "
+                            f"{type(self.elementwise).__name__}")
+        init_std = self.elementwise.init_std if init_std is None else float(init_std)
         mask = torch.as_tensor(mask).bool()
         if mask.dim() not in (1, 3):
             raise ValueError(f"{type(self).__name__}: the mask must have the event shape [D] or "
@@ -244,7 +259,7 @@ class _Coupling(Bijection):
         self.event_shape = tuple(mask.shape)
         feature_mask = mask if mask.dim() == 1 else mask[:, 0, 0]
         by_feature = mask.dim() == 1 or bool((mask == feature_mask[:, None, None]).all())
-        k = self.params_per_dim
+        k = self.elementwise.params
         if by_feature:
             idx_a = feature_mask.nonzero().flatten()
             idx_b = (~feature_mask).nonzero().flatten()
@@ -292,25 +307,22 @@ class _Coupling(Bijection):
             return torch.cat([b, a], 1)
         return torch.cat([a, b], 1).index_select(1, self.inverse_perm)
 
-    def _condition(self, h: Tensor, context: Tensor | None) -> Tensor:
-        return self.conditioner(h) if context is None else self.conditioner(h, context)
-
-    def _check(self, z: Tensor) -> None:
-        check_input(z, dims=self.event_shape, name=type(self).__name__, finite=False)
-
-    # -- subclasses: the elementwise map of the transformed part
-    def _transform(self, v: Tensor, params: Tensor, inverse: bool,
-                   keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+    def params(self, h: Tensor, like: Tensor, context: Tensor | None = None) -> Tensor:
+        """The map's raw parameters ``[P, *like.shape]`` (a view) from the conditioning input
+        ``h``; ``like`` is the part they transform."""
+        out = self.conditioner(h) if context is None else self.conditioner(h, context)
+        return out.view(like.shape[0], self.elementwise.params, *like.shape[1:]).transpose(0, 1)
 
     def _couple(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
-        self._check(v)
+        check_input(v, dims=self.event_shape, name=type(self).__name__, finite=False)
+        apply = self.elementwise.inverse if inverse else self.elementwise.forward
         if self.mode == "mask":
-            params = self._condition(v * self.mask, context)
-            return self._transform(v, params, inverse, keep=self.mask)
+            out, ld = apply(v, self.params(v * self.mask, v, context))
+            keep = self._mask_bool
+            return torch.where(keep, v, out), sum_except_batch(torch.where(keep, 0.0, ld))
         a, b = self._split(v)
-        out, ladj = self._transform(b, self._condition(a, context), inverse)
-        return self._merge(a, out), ladj
+        out, ld = apply(b, self.params(a, b, context))
+        return self._merge(a, out), sum_except_batch(ld)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._couple(z, context, inverse=False)
@@ -327,8 +339,9 @@ class _Coupling(Bijection):
         return f"event_shape={self.event_shape}, mode={self.mode!r}"
 
 
-class AdditiveCoupling(_Coupling):
-    r"""NICE's additive coupling layer (Dinh et al., 2014).
+class AdditiveCoupling(Coupling):
+    r"""NICE's additive coupling layer (Dinh et al., 2014): a :class:`Coupling` with the
+    :class:`~flowlib.maps.AdditiveMap`.
 
     With mask :math:`b` (``True`` = conditioning part :math:`A`) and any network :math:`m`:
 
@@ -337,114 +350,54 @@ class AdditiveCoupling(_Coupling):
     * log-det: :math:`0` in both directions. The Jacobian is unit lower triangular (after
       ordering :math:`A` first), so the layer preserves volume.
 
-    Args:
-        mask: event-shaped boolean mask, see :func:`half_mask`, :func:`checkerboard_mask`...
-        conditioner: a module mapping the conditioning part (``[B, |A|]``; for a checkerboard
-            mask the masked image ``[B, C, H, W]``) to the shift of the transformed part
-            (``[B, |B|]``; ``[B, C, H, W]``), called as ``conditioner(h)`` or, with a context,
-            ``conditioner(h, context)``. By default an :class:`MLP` (vectors) or a
-            :class:`ConvNet` (images).
-        hidden, blocks, activation: sizes of the default conditioner (``hidden`` a tuple of
-            widths for the MLP, a channel count for the ConvNet).
-        context: size of an optional context vector (or context channels) fed to the default
-            conditioner.
-        init_std: standard deviation of the default conditioner's last-layer weights
-            (default 0.1; 0 makes the layer start exactly as the identity).
-
-    **Why not start at the identity, like** :class:`AffineCoupling`? For a stack of additive
-    couplings started at the identity, the gradient of the log-likelihood with respect to every
-    shift is :math:`\mathbb E[\,\partial_{x_B} \log p_Z(x) \mid x_A]`, which vanishes whenever the
-    data are symmetric under :math:`x_B \mapsto -x_B` given :math:`x_A` (eight Gaussians, rings):
-    the identity is then a stationary point and only the :class:`Rescale` would learn. Small
-    random last-layer weights break that symmetry; an affine coupling does not need them, since
-    the gradient of its log-scale is not zero there.
+    The default conditioner's last layer starts with small random weights (``init_std`` 0.1)
+    rather than at zero: see :class:`~flowlib.maps.AdditiveMap` for why an exact identity start
+    stalls on symmetric data. Arguments as in :class:`Coupling`.
 
     Example:
         >>> layer = AdditiveCoupling(half_mask(4))
         >>> x, ladj = layer(torch.randn(3, 4))   # ladj = 0: volume preserving
     """
 
-    params_per_dim = 1
-    default_init_std = 0.1
-
-    def _transform(self, v: Tensor, params: Tensor, inverse: bool,
-                   keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        shift = params if keep is None else params * (1 - keep)
-        out = v - shift if inverse else v + shift
-        return out, v.new_zeros(v.shape[0])
+    def __init__(self, mask: Tensor, conditioner: nn.Module | None = None, *,
+                 hidden: int | Sequence[int] | None = None, blocks: int = 1, context: int = 0,
+                 activation: str | type[nn.Module] = "relu", init_std: float | None = None):
+        super().__init__(mask, AdditiveMap(), conditioner, hidden=hidden, blocks=blocks,
+                         context=context, activation=activation, init_std=init_std)
 
 
-class AffineCoupling(_Coupling):
-    r"""RealNVP's affine coupling layer (Dinh et al., 2017).
+class AffineCoupling(Coupling):
+    r"""RealNVP's affine coupling layer (Dinh et al., 2017): a :class:`Coupling` with the
+    :class:`~flowlib.maps.AffineMap` (its docstring says why the shift sits on the base side and
+    why the log-scale clamp is an arctangent).
 
     With mask :math:`b` (``True`` = conditioning part :math:`A`) and a network returning
-    :math:`(\tilde s, t)` from :math:`z_A` in one call:
+    :math:`(\tilde s, t)` from :math:`z_A` in one call (raw log-scales first, shifts second):
 
     * forward: :math:`x_A = z_A,\ x_B = (z_B - t(z_A)) \odot e^{s(z_A)}`
     * inverse: :math:`z_A = x_A,\ z_B = x_B \odot e^{-s(x_A)} + t(x_A)`
-    * log-det (forward): :math:`\sum_{i \in B} s_i(z_A)`; the inverse's is its negative.
+    * log-det (forward): :math:`\sum_{i \in B} s_i(z_A)`; the inverse's is its negative,
 
-    **Where the shift sits.** The shift is added on the base side: in the normalizing direction
-    the layer is RealNVP's own :math:`z_B = x_B \odot e^{-s} + t`. Writing
-    :math:`x_B = z_B \odot e^{s} + t'` instead describes the same family (:math:`t' = -t\,e^{s}`),
-    but then the gradient of the density with respect to the shift is scaled by :math:`e^{-s}`
-    and the shift must be learned in data units, coupled to the scale; with the shift on the base
-    side its gradient is the base's score, whatever the scale. On the digits the base-side shift
-    reaches a clearly better test likelihood in the same number of steps (the course's benchmark
-    appendix), and it is how zuko and nflows write their affine layers too.
-
-    **Stability.** The log-scale is soft-clamped, :math:`s = \frac{2c}{\pi}\arctan\frac{\pi
-    \tilde s}{2c}` (:func:`~flowlib.bijection.soft_clamp`) with the fixed bound :math:`c` =
-    ``log_scale_bound`` (default 2): the identity for small :math:`\tilde s`, never beyond
-    :math:`\pm c`, so one layer scales by at most :math:`e^{c}` and a bad step of the optimiser
-    cannot blow up the exponentials. Its slope decays polynomially, not exponentially like a
-    ``tanh`` clamp's; on the digits that gave a better test likelihood on each of six seeds
-    (benchmark 2 of ``bench/``). ``log_scale_bound=None`` removes the clamp.
-
-    Args:
-        mask: event-shaped boolean mask (``True`` = conditioning part), e.g. :func:`half_mask`,
-            :func:`checkerboard_mask`, :func:`channel_mask`.
-        conditioner: a module mapping the conditioning part (``[B, |A|]`` for vectors,
-            ``[B, C_A, H, W]`` for a channel mask; the masked image ``[B, C, H, W]`` for a
-            checkerboard mask) to twice the size of the transformed part, the raw log-scales
-            first and the shifts second along dimension 1. Called as ``conditioner(h)`` or
-            ``conditioner(h, context)``. By default an :class:`MLP` or a :class:`ConvNet` whose
-            last layer is zero, so the layer starts as the identity.
-        hidden, blocks, activation: sizes of the default conditioner.
-        context: size of an optional context fed to the default conditioner.
-        init_std: standard deviation of the default conditioner's last-layer weights (default 0:
-            the identity at initialisation).
-        log_scale_bound: the bound :math:`c` of the soft clamp (``None``: no clamp).
+    with :math:`s = \frac{2c}{\pi}\arctan\frac{\pi\tilde s}{2c}`, :math:`c` =
+    ``log_scale_bound`` (default 2; ``None``: no clamp). Other arguments as in :class:`Coupling`.
 
     Example:
         >>> layer = AffineCoupling(checkerboard_mask((1, 8, 8)), hidden=16)
         >>> x, ladj = layer(torch.randn(5, 1, 8, 8))
     """
 
-    params_per_dim = 2
-
     def __init__(self, mask: Tensor, conditioner: nn.Module | None = None, *,
                  hidden: int | Sequence[int] | None = None, blocks: int = 1, context: int = 0,
                  activation: str | type[nn.Module] = "relu", init_std: float | None = None,
                  log_scale_bound: float | None = 2.0):
-        super().__init__(mask, conditioner, hidden=hidden, blocks=blocks, context=context,
-                         activation=activation, init_std=init_std)
-        if log_scale_bound is not None and not log_scale_bound > 0:
-            raise ValueError(f"AffineCoupling: log_scale_bound must be positive or None, "
-                             f"got {log_scale_bound}")
-        self.log_scale_bound = None if log_scale_bound is None else float(log_scale_bound)
+        super().__init__(mask, AffineMap(log_scale_bound), conditioner, hidden=hidden,
+                         blocks=blocks, context=context, activation=activation,
+                         init_std=init_std)
 
-    def _transform(self, v: Tensor, params: Tensor, inverse: bool,
-                   keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        raw, shift = params.chunk(2, 1)
-        c = self.log_scale_bound
-        log_scale = raw if c is None else soft_clamp(raw, c)
-        if keep is not None:  # checkerboard: the conditioning pixels get s = t = 0
-            free = 1 - keep
-            log_scale, shift = log_scale * free, shift * free
-        if inverse:
-            return torch.addcmul(shift, v, torch.exp(-log_scale)), -_sum(log_scale)
-        return (v - shift) * torch.exp(log_scale), _sum(log_scale)
+    @property
+    def log_scale_bound(self) -> float | None:
+        """The bound :math:`c` of the soft clamp (``None``: no clamp)."""
+        return self.elementwise.log_scale_bound
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, log_scale_bound={self.log_scale_bound}"

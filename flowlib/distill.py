@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from .autoregressive import MaskedAutoregressive
 from .bijection import Compose, Inverse
+from .maps import AffineMap
 from .data import Estimate
 from .distributions import Flow, StandardNormal
 from .train import History, _optimizer, _progress_enabled, _update, device
@@ -109,6 +110,9 @@ def _ar_layers(flow: nn.Module, inverted: bool, who: str) -> list[MaskedAutoregr
             raise ValueError(f"gaussian_ar_kl: the {who} must be {need} with no permutation in "
                              f"between (each conditional is then Gaussian); found "
                              f"{type(layer).__name__}")
+        if not isinstance(out[-1].elementwise, AffineMap):
+            raise ValueError(f"gaussian_ar_kl: the {who}'s layers must use the affine map "
+                             f"(Gaussian conditionals), found {type(out[-1].elementwise).__name__}")
         if out[-1].made.context_features:
             raise ValueError("gaussian_ar_kl: conditional (context) layers are not supported")
     return out
@@ -134,16 +138,16 @@ def gaussian_ar_kl(student: Flow, teacher: Flow, n: int) -> Tensor:
                          "ordering (otherwise the conditionals are not Gaussian)")
     z = student.base.sample(int(n))
     x, log_sigma_s = z, torch.zeros_like(z)
-    for m in s_layers:                 # IAF layer = MAF layer's inverse: x <- x e^{-alpha} - beta
-        beta, alpha = m.shift_and_log_scale(x)
-        x = x * torch.exp(-alpha) - beta
-        log_sigma_s = log_sigma_s - alpha
+    for m in s_layers:                 # IAF layer = MAF layer's inverse: x <- x e^{-s} + t
+        t, s = m.shift_and_log_scale(x)
+        x = torch.addcmul(t, x, torch.exp(-s))
+        log_sigma_s = log_sigma_s - s
     mu_s = x - torch.exp(log_sigma_s) * z
     u, log_sigma_t = x, torch.zeros_like(x)
-    for m in reversed(t_layers):       # normalizing pass of the MAF: u <- u e^{-alpha} - beta
-        beta, alpha = m.shift_and_log_scale(u)
-        u = u * torch.exp(-alpha) - beta
-        log_sigma_t = log_sigma_t + alpha
+    for m in reversed(t_layers):       # normalizing pass of the MAF: u <- u e^{-s} + t
+        t, s = m.shift_and_log_scale(u)
+        u = torch.addcmul(t, u, torch.exp(-s))
+        log_sigma_t = log_sigma_t + s
     mu_t = x - torch.exp(log_sigma_t) * u
     return gaussian_kl(mu_s, log_sigma_s, mu_t, log_sigma_t).sum(1)
 

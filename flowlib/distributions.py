@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .bijection import Bijection, Compose, check_input
+from .bijection import Bijection, Compose, check_input, sum_except_batch
 
 __all__ = ["BaseDistribution", "StandardNormal", "DiagonalGaussian", "StandardLogistic", "Flow"]
 
@@ -51,9 +51,6 @@ class BaseDistribution(nn.Module):
         # checking again here would cost a second device synchronisation on every step.
         check_input(z, dims=self.event_shape, name=type(self).__name__, finite=False)
 
-    def _reduce(self, v: Tensor) -> Tensor:
-        return v.reshape(v.shape[0], -1).sum(1)
-
     def log_prob(self, z: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -75,7 +72,7 @@ class StandardNormal(BaseDistribution):
 
     def log_prob(self, z: Tensor) -> Tensor:
         self._check(z)
-        return -0.5 * self._reduce(z * z) - 0.5 * self.dim * _LOG_2PI
+        return -0.5 * sum_except_batch(z * z) - 0.5 * self.dim * _LOG_2PI
 
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:
         a = self._anchor
@@ -101,7 +98,7 @@ class DiagonalGaussian(BaseDistribution):
     def log_prob(self, z: Tensor) -> Tensor:
         self._check(z)
         u = (z - self.loc) * torch.exp(-self.log_scale)
-        return self._reduce(-0.5 * u * u - self.log_scale) - 0.5 * self.dim * _LOG_2PI
+        return sum_except_batch(-0.5 * u * u - self.log_scale) - 0.5 * self.dim * _LOG_2PI
 
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:
         eps = torch.randn(self._noise_shape(n), device=self.loc.device, dtype=self.loc.dtype)
@@ -115,7 +112,7 @@ class StandardLogistic(BaseDistribution):
 
     def log_prob(self, z: Tensor) -> Tensor:
         self._check(z)
-        return -self._reduce(nn.functional.softplus(z) + nn.functional.softplus(-z))
+        return -sum_except_batch(nn.functional.softplus(z) + nn.functional.softplus(-z))
 
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:
         a = self._anchor
@@ -128,7 +125,7 @@ class Flow(nn.Module):
     r"""A normalizing flow: a base distribution pushed through a bijection, :math:`x = f(z)`.
 
     * ``log_prob(x)`` runs the normalizing direction: :math:`\log p_Z(f^{-1}(x)) + \ell_{f^{-1}}(x)`.
-    * ``sample(n, temperature)`` runs the generative direction on base samples.
+    * ``sample(n, temperature)`` runs the generative direction on base samples (no gradient).
     * ``sample_and_log_prob(n)`` gives samples *and* their log-density from the generative pass
       alone, :math:`\log p_X(x) = \log p_Z(z) - \ell_f(z)`, with no inversion (what makes the IAF a
       cheap student in density distillation).
@@ -163,8 +160,12 @@ class Flow(nn.Module):
         return self.base.log_prob(z) + ladj
 
     def sample(self, n: int, temperature: float = 1.0, context: Tensor | None = None) -> Tensor:
-        z = self.base.sample(n, temperature)
-        return self.bijection(z, context)[0]
+        """``n`` samples, **without gradient** (as ``torch.distributions``' ``sample``): the
+        sequential direction of an autoregressive layer then takes its incremental form
+        (:mod:`flowlib.sequential`). :meth:`sample_and_log_prob` gives reparametrized samples."""
+        with torch.no_grad():
+            z = self.base.sample(n, temperature)
+            return self.bijection(z, context)[0]
 
     def sample_and_log_prob(self, n: int, temperature: float = 1.0,
                             context: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -13,26 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bijection import Bijection
+from .bijection import Bijection, check_input, sum_except_batch
 
 __all__ = ["ElementwiseAffine", "Exp", "Sigmoid", "Tanh", "LeakyReLU", "SinhArcsinh"]
-
-
-def _sum(v: Tensor) -> Tensor:
-    """Sum every non-batch dimension: the per-sample log-determinant."""
-    return v.reshape(v.shape[0], -1).sum(1)
 
 
 def _log_cosh(u: Tensor) -> Tensor:
     # log cosh u = |u| + log(1 + e^{-2|u|}) - log 2, which never overflows.
     a = u.abs()
     return a + F.softplus(-2 * a) - math.log(2.0)
-
-
-def _check_shape(x: Tensor, shape: tuple[int, ...], name: str) -> None:
-    if tuple(x.shape[1:]) != shape:
-        raise ValueError(f"{name}: expected shape [B, {', '.join(map(str, shape))}], "
-                         f"got {tuple(x.shape)}")
 
 
 def _check_domain(ok: Tensor, name: str, what: str) -> None:
@@ -58,12 +47,12 @@ class ElementwiseAffine(Bijection):
         self.shift = nn.Parameter(torch.zeros(self.shape))
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        _check_shape(z, self.shape, "ElementwiseAffine")
+        check_input(z, dims=self.shape, name="ElementwiseAffine", finite=False)
         x = z * torch.exp(self.log_scale) + self.shift
         return x, self.log_scale.sum().expand(z.shape[0])
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        _check_shape(x, self.shape, "ElementwiseAffine")
+        check_input(x, dims=self.shape, name="ElementwiseAffine", finite=False)
         z = (x - self.shift) * torch.exp(-self.log_scale)
         return z, (-self.log_scale.sum()).expand(x.shape[0])
 
@@ -76,12 +65,12 @@ class Exp(Bijection):
     """
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return torch.exp(z), _sum(z)
+        return torch.exp(z), sum_except_batch(z)
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         _check_domain(x > 0, "Exp", "(0, inf)")
         z = torch.log(x)
-        return z, -_sum(z)
+        return z, -sum_except_batch(z)
 
 
 class Sigmoid(Bijection):
@@ -94,12 +83,12 @@ class Sigmoid(Bijection):
     """
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return torch.sigmoid(z), -_sum(F.softplus(z) + F.softplus(-z))
+        return torch.sigmoid(z), -sum_except_batch(F.softplus(z) + F.softplus(-z))
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         _check_domain((x > 0) & (x < 1), "Sigmoid", "(0, 1)")
         z = torch.log(x) - torch.log1p(-x)
-        return z, _sum(F.softplus(z) + F.softplus(-z))
+        return z, sum_except_batch(F.softplus(z) + F.softplus(-z))
 
 
 class Tanh(Bijection):
@@ -112,7 +101,7 @@ class Tanh(Bijection):
 
     @staticmethod
     def _ladj(z: Tensor) -> Tensor:
-        return _sum(2 * (math.log(2.0) - z - F.softplus(-2 * z)))
+        return sum_except_batch(2 * (math.log(2.0) - z - F.softplus(-2 * z)))
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return torch.tanh(z), self._ladj(z)
@@ -140,12 +129,12 @@ class LeakyReLU(Bijection):
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         neg = z < 0
         x = torch.where(neg, z * self.negative_slope, z)
-        return x, _sum(neg.to(z.dtype)) * math.log(self.negative_slope)
+        return x, sum_except_batch(neg.to(z.dtype)) * math.log(self.negative_slope)
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         neg = x < 0
         z = torch.where(neg, x / self.negative_slope, x)
-        return z, -_sum(neg.to(x.dtype)) * math.log(self.negative_slope)
+        return z, -sum_except_batch(neg.to(x.dtype)) * math.log(self.negative_slope)
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"
@@ -172,15 +161,15 @@ class SinhArcsinh(Bijection):
         self.skew = nn.Parameter(torch.zeros(self.shape))
 
     def _ladj(self, z: Tensor, u: Tensor) -> Tensor:
-        return _sum(_log_cosh(u) + self.log_tail - 0.5 * torch.log1p(z * z))
+        return sum_except_batch(_log_cosh(u) + self.log_tail - 0.5 * torch.log1p(z * z))
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        _check_shape(z, self.shape, "SinhArcsinh")
+        check_input(z, dims=self.shape, name="SinhArcsinh", finite=False)
         u = torch.exp(self.log_tail) * torch.asinh(z) + self.skew
         return torch.sinh(u), self._ladj(z, u)
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        _check_shape(x, self.shape, "SinhArcsinh")
+        check_input(x, dims=self.shape, name="SinhArcsinh", finite=False)
         u = torch.asinh(x)
         z = torch.sinh((u - self.skew) * torch.exp(-self.log_tail))
         return z, -self._ladj(z, u)

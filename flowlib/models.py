@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .autoregressive import MaskedAutoregressive, made_order
 from .bijection import Bijection, Compose
+from .maps import AffineMap
 from .distributions import Flow, StandardNormal
 from .coupling import (AdditiveCoupling, AffineCoupling, Rescale, alternating_mask,
                        channel_mask, checkerboard_mask, half_mask)
@@ -38,19 +39,19 @@ def _autoregressive_orders(dim: int, layers: int, permutation: str, seed: int) -
 
 
 def _autoregressive_stack(dim: int, layers: int, hidden: Sequence[int], permutation: str,
-                          context: int, activation: str, max_log_scale: float,
+                          context: int, activation: str, log_scale_bound: float | None,
                           invert: bool, seed: int) -> Compose:
     blocks: list[Bijection] = []
     for order in _autoregressive_orders(dim, layers, permutation, seed):
-        layer = MaskedAutoregressive(dim, hidden, order=order, context_features=context,
-                                     activation=activation, max_log_scale=max_log_scale)
+        layer = MaskedAutoregressive(dim, hidden, elementwise=AffineMap(log_scale_bound),
+                                     order=order, context=context, activation=activation)
         blocks.append(layer.inv if invert else layer)
     return Compose(*blocks)
 
 
 def maf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), *,
         permutation: str = "reverse", context: int = 0, activation: str = "relu",
-        max_log_scale: float = 3.0, seed: int = 0) -> Flow:
+        log_scale_bound: float | None = 3.0, seed: int = 0) -> Flow:
     r"""Masked autoregressive flow (Papamakarios et al., 2017): ``layers`` :class:`MaskedAutoregressive`
     layers (MADE with ``hidden`` units) over a standard normal base, each conditioning in its own
     order: ``permutation="reverse"`` alternates the natural and the reversed ordering,
@@ -58,8 +59,10 @@ def maf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), *,
     one throughout. That is the classic permutation between layers, folded into the MADEs'
     orderings (see ``_autoregressive_orders``).
 
-    ``log_prob`` costs one MADE pass per layer; ``sample`` costs ``dim`` passes per layer.
+    ``log_prob`` costs one MADE pass per layer; ``sample`` takes ``dim`` sequential steps per
+    layer, with about one MADE pass of arithmetic in all (:mod:`flowlib.sequential`).
     ``context`` > 0 makes a conditional flow (pass ``context=`` to ``log_prob``/``sample``).
+    ``log_scale_bound`` is the soft clamp of each layer's log-scale (:class:`~flowlib.maps.AffineMap`).
 
     Example:
         >>> flow = maf(2)
@@ -67,21 +70,22 @@ def maf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), *,
         torch.Size([8])
     """
     stack = _autoregressive_stack(dim, layers, hidden, permutation, context, activation,
-                                  max_log_scale, invert=False, seed=seed)
+                                  log_scale_bound, invert=False, seed=seed)
     return Flow(stack, StandardNormal(dim))
 
 
 def iaf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), *,
         permutation: str = "reverse", context: int = 0, activation: str = "relu",
-        max_log_scale: float = 3.0, seed: int = 0) -> Flow:
+        log_scale_bound: float | None = 3.0, seed: int = 0) -> Flow:
     r"""Inverse autoregressive flow (Kingma et al., 2016): the layers of :func:`maf`, each
     inverted with ``.inv`` (the same parameters, directions swapped).
 
     ``sample`` and ``sample_and_log_prob`` cost one MADE pass per layer (the density of its own
-    samples comes with them); ``log_prob`` of given data costs ``dim`` passes per layer.
+    samples comes with them); ``log_prob`` of given data takes ``dim`` sequential steps per layer
+    (about one MADE pass of arithmetic when no gradient is recorded, :mod:`flowlib.sequential`).
     """
     stack = _autoregressive_stack(dim, layers, hidden, permutation, context, activation,
-                                  max_log_scale, invert=True, seed=seed)
+                                  log_scale_bound, invert=True, seed=seed)
     return Flow(stack, StandardNormal(dim))
 
 
@@ -383,9 +387,9 @@ def nsf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), bins: int =
             if kind == "autoregressive":
                 blocks.append(SplineAutoregressive(dim, hidden, bins, bound,
                                                    order="natural" if k % 2 == 0 else "reversed",
-                                                   context_features=context))
+                                                   context=context))
             else:
                 blocks.append(SplineCoupling(alternating_mask(dim, flip=k % 2 == 1), hidden, bins,
-                                             bound, context_features=context))
+                                             bound, context=context))
     return Flow(Compose(*blocks), StandardNormal(dim))
 

@@ -17,13 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .bijection import Bijection, check_input
+from .bijection import Bijection, check_input, sum_except_batch
 
 __all__ = ["LogitPreprocess"]
-
-
-def _sum(v: Tensor) -> Tensor:
-    return v.reshape(v.shape[0], -1).sum(1)
 
 
 class LogitPreprocess(Bijection):
@@ -58,12 +54,12 @@ class LogitPreprocess(Bijection):
             raise ValueError(f"LogitPreprocess.inverse: input must lie in ({lo:.4g}, {1 - lo:.4g}); "
                              f"{int((~ok).sum())} value(s) do not")
         log_y, log_1my = torch.log(y), torch.log1p(-y)
-        return log_y - log_1my, _sum(self._log_range - log_y - log_1my)
+        return log_y - log_1my, sum_except_batch(self._log_range - log_y - log_1my)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_input(z, name="LogitPreprocess", finite=False)
         x = (torch.sigmoid(z) - self.alpha) / (1 - 2 * self.alpha)
-        return x, -_sum(F.softplus(z) + F.softplus(-z) + self._log_range)
+        return x, -sum_except_batch(F.softplus(z) + F.softplus(-z) + self._log_range)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"

@@ -80,11 +80,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .autoregressive import _MADELayer
-from .bijection import check_input
-from .coupling import _Coupling
+from .autoregressive import MaskedAutoregressive
+from .coupling import Coupling
+from .maps import ElementwiseMap
 
-__all__ = ["rq_spline", "SplineAutoregressive", "SplineCoupling"]
+__all__ = ["rq_spline", "SplineMap", "SplineAutoregressive", "SplineCoupling"]
 
 MIN_BIN_SIZE = 1e-3
 MIN_DERIVATIVE = 1e-3
@@ -179,11 +179,6 @@ def _rq(x: Tensor, params: Tensor, bound: float, inverse: bool,
     return torch.where(inside, y, x), torch.where(inside, logdet, 0.0)
 
 
-def _packed(params: Tensor, batch: int, per_sample: int) -> Tensor:
-    """``[B, 3K-1, M]`` network outputs -> ``[3K-1, B*M]``, the layout of :func:`_rq`."""
-    return params.transpose(0, 1).reshape(params.shape[1], batch * per_sample)
-
-
 def rq_spline(x: Tensor, widths: Tensor, heights: Tensor, derivatives: Tensor, bound: float,
               inverse: bool = False, *, min_bin_size: float = MIN_BIN_SIZE,
               min_derivative: float = MIN_DERIVATIVE) -> tuple[Tensor, Tensor]:
@@ -230,33 +225,50 @@ def rq_spline(x: Tensor, widths: Tensor, heights: Tensor, derivatives: Tensor, b
     return y.view_as(x), ld.view_as(x)
 
 
-class SplineAutoregressive(_MADELayer):
-    r"""A masked autoregressive layer whose elementwise map is a rational-quadratic spline
-    (the autoregressive NSF of Durkan et al., 2019); its ``.inv`` is the IAF-style layer.
+class SplineMap(ElementwiseMap):
+    r"""The rational-quadratic spline as an elementwise map (:mod:`flowlib.maps`):
+    :math:`P = 3K - 1` raw parameters per coordinate (widths, heights, interior derivatives, see
+    :func:`rq_spline`), ``bins`` :math:`K \ge 2` on :math:`[-B, B]` (``bound``), the identity
+    outside.
 
-    A :class:`~flowlib.autoregressive.MADE` computes, for every coordinate :math:`i`, the
-    :math:`3K - 1` raw spline parameters :math:`\theta_i` from the coordinates before :math:`i`
-    in the ordering. With :math:`h(\cdot; \theta)` the spline of :func:`rq_spline`:
+    The *normalizing* direction (``inverse``, the one training runs) applies the spline itself,
+    which is cheaper than its inverse (no square root); ``forward`` solves the quadratic. The
+    spline's slopes are bounded by construction, so no clamp is needed; all-zero parameters give
+    the identity.
+    """
 
-    * inverse (normalizing, **parallel**: one MADE pass): :math:`z_i = h(x_i;\ \theta_i(x_{<i}))`;
-    * forward (generative, **sequential**: D MADE passes):
-      :math:`x_i = h^{-1}(z_i;\ \theta_i(x_{<i}))`, coordinate after coordinate in the ordering,
-      each by the closed-form root of the quadratic;
-    * log-det: inverse :math:`\sum_i \log h'(x_i; \theta_i)`, forward its negative (the Jacobian
-      is triangular in the ordering, with diagonal :math:`h'`).
+    def __init__(self, bins: int = 8, bound: float = 4.0):
+        super().__init__()
+        _check_params(bins, bound, "SplineMap")
+        self.bins, self.bound = int(bins), float(bound)
+        self.params = 3 * self.bins - 1
 
-    The normalizing direction, the one training runs, uses the spline itself, which is cheaper
-    than its inverse (no square root, no quadratic). The spline is bounded by construction
-    (slopes between about :math:`10^{-3}` and the softplus of the raw derivative), so no extra
-    clamp is needed; outside :math:`[-B, B]` the layer is the identity. The MADE's output layer
-    starts at zero (``identity_init``), so the layer starts as the identity map.
+    def _spline(self, v: Tensor, params: Tensor, spline_inverse: bool) -> tuple[Tensor, Tensor]:
+        # [P, *S] -> [P, N], the layout of _rq (a copy unless params is already [P, N]).
+        out, ld = _rq(v.reshape(-1), params.reshape(self.params, -1), self.bound, spline_inverse)
+        return out.view_as(v), ld.view_as(v)
 
-    Args:
-        features: :math:`D`.
-        hidden, order, context_features, activation: passed to :class:`~flowlib.MADE`.
-        bins: :math:`K \ge 2`.
-        bound: :math:`B > 0`, the half-width of the spline's interval.
-        identity_init: start with a zero output layer (the identity map).
+    def forward(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self._spline(z, params, spline_inverse=True)
+
+    def inverse(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self._spline(x, params, spline_inverse=False)
+
+    def extra_repr(self) -> str:
+        return f"bins={self.bins}, bound={self.bound}"
+
+
+class SplineAutoregressive(MaskedAutoregressive):
+    r"""A :class:`~flowlib.autoregressive.MaskedAutoregressive` layer with the
+    :class:`SplineMap` (the autoregressive neural spline flow of Durkan et al., 2019); its ``.inv``
+    is the IAF-style layer.
+
+    * inverse (normalizing, parallel: one MADE pass): :math:`z_i = h(x_i;\ \theta_i(x_{<i}))`;
+    * forward (generative, sequential): :math:`x_i = h^{-1}(z_i;\ \theta_i(x_{<i}))`;
+    * log-det: inverse :math:`\sum_i \log h'(x_i; \theta_i)`, forward its negative,
+
+    with :math:`h` the spline of :func:`rq_spline`. Arguments as in
+    :class:`~flowlib.autoregressive.MaskedAutoregressive`, plus ``bins`` and ``bound``.
 
     Example:
         >>> layer = SplineAutoregressive(3, hidden=(16,), bins=5)
@@ -265,64 +277,29 @@ class SplineAutoregressive(_MADELayer):
     """
 
     def __init__(self, features: int, hidden: Sequence[int] = (64, 64), bins: int = 8,
-                 bound: float = 4.0, order: str | Sequence[int] | Tensor = "natural",
-                 context_features: int = 0, activation: str | type[nn.Module] = "relu",
+                 bound: float = 4.0, *, order: str | Sequence[int] | Tensor = "natural",
+                 context: int = 0, activation: str | type[nn.Module] = "relu",
                  identity_init: bool = True, generator: torch.Generator | None = None):
-        _check_params(bins, bound, "SplineAutoregressive")
-        super().__init__(features, hidden, 3 * int(bins) - 1, order, context_features, activation,
-                         identity_init, generator)
-        self.bins, self.bound = int(bins), float(bound)
-
-    def _spline(self, v: Tensor, x: Tensor, context: Tensor | None,
-                inverse: bool) -> tuple[Tensor, Tensor]:
-        # The spline of v with the parameters MADE computes from x ([B, 3K-1, D] -> [3K-1, B*D]).
-        params = _packed(self.made(x, context), x.shape[0], self.features)
-        out, ld = _rq(v.reshape(-1), params, self.bound, inverse)
-        return out.view_as(v), ld.view_as(v).sum(1)
-
-    def _check(self, x: Tensor, where: str) -> None:
-        # Shapes only: non-finite values are caught once at the flow's entry (Flow.log_prob).
-        check_input(x, dims=(self.features,), name=f"SplineAutoregressive.{where}", finite=False)
-
-    def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(x, "inverse")
-        return self._spline(x, x, context, inverse=False)
-
-    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(z, "forward")
-        # Pass k fixes the coordinate at position k of the ordering: its parameters depend only
-        # on coordinates already final (see MaskedAutoregressive.forward).
-        x = torch.zeros_like(z)
-        for _ in range(self.features):
-            x, ladj = self._spline(z, x, context, inverse=True)
-        return x, ladj
-
-    def extra_repr(self) -> str:
-        return f"features={self.features}, bins={self.bins}, bound={self.bound}"
+        super().__init__(features, hidden, elementwise=SplineMap(bins, bound), order=order,
+                         context=context, activation=activation, identity_init=identity_init,
+                         generator=generator)
 
 
-class SplineCoupling(_Coupling):
-    r"""A coupling layer whose transformed half goes through a rational-quadratic spline (the
-    coupling NSF of Durkan et al., 2019), for vectors ``[B, D]``.
-
-    With mask :math:`b` (``True`` = conditioning part :math:`A`, kept) and an MLP giving the
-    :math:`3K - 1` raw spline parameters :math:`\theta_i(x_A)` of every transformed coordinate
-    :math:`i \in B`, and :math:`h(\cdot; \theta)` the spline of :func:`rq_spline`:
+class SplineCoupling(Coupling):
+    r"""A :class:`~flowlib.coupling.Coupling` with the :class:`SplineMap` (the coupling NSF of
+    Durkan et al., 2019), for vectors ``[B, D]``.
 
     * inverse (normalizing): :math:`z_A = x_A,\ z_i = h(x_i;\ \theta_i(x_A))`;
     * forward (generative): :math:`x_A = z_A,\ x_i = h^{-1}(z_i;\ \theta_i(z_A))`;
     * log-det: inverse :math:`\sum_{i \in B} \log h'(x_i; \theta_i)`, forward its negative.
 
-    Both directions take one network pass. The MLP's last layer starts at zero, so the layer
-    starts as the identity; outside :math:`[-B, B]` the transformed coordinates are unchanged.
+    Both directions take one network pass; the MLP's last layer starts at zero (the identity).
 
     Args:
-        mask: a boolean vector mask ``[D]`` (``True`` = conditioning part), e.g.
-            :func:`~flowlib.coupling.alternating_mask` or :func:`~flowlib.coupling.half_mask`.
+        mask: a boolean vector mask ``[D]`` (``True`` = conditioning part).
         hidden: the MLP's hidden widths.
-        bins: :math:`K \ge 2`.
-        bound: :math:`B > 0`.
-        context_features: size of an optional context vector fed to the MLP.
+        bins, bound: as in :class:`SplineMap`.
+        context: size of an optional context vector fed to the MLP.
         activation: the MLP's activation.
 
     Example:
@@ -332,26 +309,18 @@ class SplineCoupling(_Coupling):
     """
 
     def __init__(self, mask: Tensor, hidden: Sequence[int] = (64, 64), bins: int = 8,
-                 bound: float = 4.0, context_features: int = 0,
+                 bound: float = 4.0, *, context: int = 0,
                  activation: str | type[nn.Module] = "relu"):
-        _check_params(bins, bound, "SplineCoupling")
         if torch.as_tensor(mask).dim() != 1:
             raise ValueError(f"SplineCoupling: expects a vector mask [D], got shape "
                              f"{tuple(torch.as_tensor(mask).shape)}")
-        # _Coupling sizes the conditioner's output from params_per_dim: set it per instance.
-        self.params_per_dim = 3 * int(bins) - 1
-        super().__init__(mask, hidden=tuple(hidden), context=context_features,
-                         activation=activation, init_std=0.0)
-        self.bins, self.bound = int(bins), float(bound)
+        super().__init__(mask, SplineMap(bins, bound), hidden=tuple(hidden), context=context,
+                         activation=activation)
 
-    def _transform(self, v: Tensor, params: Tensor, inverse: bool,
-                   keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        # The spline runs forward in the normalizing direction (see SplineAutoregressive); _rq
-        # returns log|d out / d v| of the map it applied, the ladj of either direction.
-        # The conditioner's [B, (3K-1) * |B|] output is read as [B, 3K-1, |B|].
-        params = _packed(params.view(v.shape[0], self.params_per_dim, v.shape[1]), *v.shape)
-        out, ld = _rq(v.reshape(-1), params, self.bound, inverse=not inverse)
-        return out.view_as(v), ld.view_as(v).sum(1)
+    @property
+    def bins(self) -> int:
+        return self.elementwise.bins
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, bins={self.bins}, bound={self.bound}"
+    @property
+    def bound(self) -> float:
+        return self.elementwise.bound

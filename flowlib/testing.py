@@ -25,13 +25,14 @@ from .bijection import Bijection, Compose, Inverse
 from .elementwise import ElementwiseAffine, Exp, LeakyReLU, Sigmoid, SinhArcsinh, Tanh
 from .linear import Linear, Permutation
 from .autoregressive import MaskedAutoregressive
-from .coupling import (AdditiveCoupling, AffineCoupling, Rescale, alternating_mask, channel_mask,
-                       checkerboard_mask, half_mask)
+from .coupling import (AdditiveCoupling, AffineCoupling, Coupling, Rescale, alternating_mask,
+                       channel_mask, checkerboard_mask, half_mask)
+from .maps import AdditiveMap, AffineMap
 from .normalization import ActNorm, BatchNormFlow
 from .invconv import GlowStep, InvConv1x1
 from .preprocess import LogitPreprocess
 from .reshape import FactorOut, Squeeze
-from .spline import SplineAutoregressive, SplineCoupling
+from .spline import SplineAutoregressive, SplineCoupling, SplineMap
 
 __all__ = ["check_bijection", "jacobian", "examples", "register_example"]
 
@@ -146,8 +147,17 @@ def _z(*shape: int, seed: int = 0) -> Tensor:
 
 def examples() -> Iterator[tuple[str, Bijection, Tensor]]:
     """``(name, layer, z)`` for every public bijection class, in float64, with non-trivial
-    parameters; ``z`` lies in the layer's forward domain."""
-    torch.manual_seed(0)  # layers that draw their initial values from the global generator
+    parameters; ``z`` lies in the layer's forward domain.
+
+    The layers draw their initial values from the global generator, seeded to 0 for
+    reproducible examples inside ``fork_rng``: the caller's random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        built = list(_examples())
+    yield from built
+
+
+def _examples() -> Iterator[tuple[str, Bijection, Tensor]]:
     d = 5
     yield "ElementwiseAffine", perturb(ElementwiseAffine(d)).double(), _z(6, d)
     yield "ElementwiseAffine/image", perturb(ElementwiseAffine((2, 3, 3))).double(), _z(4, 2, 3, 3)
@@ -168,6 +178,23 @@ def examples() -> Iterator[tuple[str, Bijection, Tensor]]:
                                                               generator=g)).double(), _z(6, d))
     yield ("MaskedAutoregressive.inv (IAF)", perturb(MaskedAutoregressive(d, (8,), order="reversed"),
                                                      seed=1).double().inv, _z(6, d))
+    # structure x elementwise map: every map in the masked autoregressive layer (both directions)
+    # and in the coupling layer (slice, gather and checkerboard partitions)
+    maps = {"additive": AdditiveMap, "affine": lambda: AffineMap(1.5),
+            "spline": lambda: SplineMap(bins=4, bound=2.0)}
+    for k, (kind, make) in enumerate(maps.items()):
+        scale = 1.5 if kind == "spline" else 1.0  # some points in the spline's identity tails
+        layer = perturb(MaskedAutoregressive(d, (7, 6), elementwise=make(), order="random",
+                                             generator=torch.Generator().manual_seed(k)),
+                        seed=k).double()
+        yield f"MaskedAutoregressive/{kind}", layer, scale * _z(6, d, seed=k)
+        yield f"MaskedAutoregressive/{kind}.inv", layer.inv, scale * _z(6, d, seed=k + 1)
+        yield (f"Coupling/{kind}/index", perturb(Coupling(torch.tensor([1, 0, 0, 1, 0]).bool(),
+                                                         make(), hidden=(8,))).double(),
+               scale * _z(6, d, seed=k))
+        yield (f"Coupling/{kind}/checkerboard.inv",
+               perturb(Coupling(checkerboard_mask((2, 4, 4)), make(), hidden=4), 0.2).double().inv,
+               scale * _z(3, 2, 4, 4, seed=k))
     # coupling layers: every partition mode (slice, gather, checkerboard multiplication)
     yield "AdditiveCoupling/half", perturb(AdditiveCoupling(half_mask(d), hidden=(8,))).double(), _z(6, d)
     yield ("AdditiveCoupling/checkerboard",

@@ -11,6 +11,7 @@ import torch
 import flowlib
 from flowlib import Inverse, Permutation
 from flowlib.autoregressive import MADE, MaskedAutoregressive, made_order
+from flowlib.maps import AffineMap
 from flowlib.models import iaf, maf
 from flowlib.testing import check_bijection, jacobian, perturb
 
@@ -116,7 +117,7 @@ def test_maf_layer_jacobian_is_triangular_in_its_order(order):
 
 
 def test_maf_layer_with_context():
-    layer = perturb(MaskedAutoregressive(3, (8,), context_features=2)).double()
+    layer = perturb(MaskedAutoregressive(3, (8,), context=2)).double()
     z, c = _randn(5, 3), _randn(5, 2, seed=1)
     check_bijection(layer, z, c)
     check_bijection(layer.inv, z, c)
@@ -124,7 +125,7 @@ def test_maf_layer_with_context():
 
 
 def test_log_scale_is_soft_clamped():
-    layer = MaskedAutoregressive(4, (8,), max_log_scale=2.0)
+    layer = MaskedAutoregressive(4, (8,), elementwise=AffineMap(2.0))
     with torch.no_grad():
         for p in layer.parameters():
             p.normal_(0, 50.0)
@@ -132,21 +133,21 @@ def test_log_scale_is_soft_clamped():
     _, alpha = layer.shift_and_log_scale(x)
     assert alpha.abs().max() <= 2.0 and alpha.abs().max() > 1.5   # the bound binds, softly
     # the arctangent clamp (2c/pi) atan(pi r / 2c) of the MADE's raw output: slope 1 at 0
-    raw = layer.made(x)[:, 1]
+    raw = layer.made(x)[:, 0]        # parameter 0: the raw log-scale
     assert torch.allclose(alpha, (4.0 / math.pi) * torch.atan(raw * math.pi / 4.0))
     # its slope at raw = 1 with c = 2 is 1 / (1 + (pi/4)^2)
-    small = MaskedAutoregressive(1, (), max_log_scale=2.0)
+    small = MaskedAutoregressive(1, (), elementwise=AffineMap(2.0))
     with torch.no_grad():
-        small.made.last.bias.copy_(torch.tensor([0.0, 1.0]))
+        small.made.last.bias.copy_(torch.tensor([1.0, 0.0]))
     a = torch.autograd.grad(small.shift_and_log_scale(torch.zeros(1, 1))[1].sum(),
-                            small.made.last.bias)[0][1]
+                            small.made.last.bias)[0][0]
     assert torch.isclose(a, torch.tensor(1 / (1 + (math.pi / 4) ** 2)))
     z, ladj = layer.inverse(x)
     assert torch.isfinite(z).all() and (ladj.abs() <= 4 * 2.0 + 1e-5).all()
-    with pytest.raises(ValueError, match="max_log_scale"):
-        MaskedAutoregressive(4, max_log_scale=0)
-    with pytest.raises(ValueError, match="max_log_scale"):
-        MaskedAutoregressive(4, max_log_scale=float("nan"))
+    with pytest.raises(ValueError, match="log_scale_bound"):
+        AffineMap(0)
+    with pytest.raises(ValueError, match="log_scale_bound"):
+        AffineMap(float("nan"))
     with pytest.raises(ValueError, match="expected shape"):
         layer.inverse(torch.zeros(3, 5))
     with pytest.raises(ValueError, match="non-finite"):
@@ -155,7 +156,7 @@ def test_log_scale_is_soft_clamped():
 
 def test_maf_layer_is_a_gaussian_autoregressive_model():
     """One layer's density is the chain rule over the Gaussian conditionals N(mu_i, e^{2 alpha_i})
-    that ``conditionals`` reports, and mu = e^alpha * beta."""
+    that ``conditionals`` reports, and mu = -t e^alpha (z = x e^-alpha + t)."""
     layer = perturb(MaskedAutoregressive(D, (16,), order="random",
                                          generator=torch.Generator().manual_seed(5)), 0.5).double()
     flow = flowlib.Flow(layer, flowlib.StandardNormal(D))
@@ -163,8 +164,8 @@ def test_maf_layer_is_a_gaussian_autoregressive_model():
     mu, alpha = layer.conditionals(x)
     chain = torch.distributions.Normal(mu, alpha.exp()).log_prob(x).sum(1)
     assert torch.allclose(flow.log_prob(x), chain, atol=1e-10)
-    beta, alpha2 = layer.shift_and_log_scale(x)
-    assert torch.equal(alpha, alpha2) and torch.allclose(mu, beta * alpha.exp())
+    t, alpha2 = layer.shift_and_log_scale(x)
+    assert torch.equal(alpha, alpha2) and torch.allclose(mu, -t * alpha.exp())
     # ...and sampling draws x_i = mu_i + e^{alpha_i} z_i, with mu, alpha read at the sample
     z = _randn(6, D, seed=5)
     xs, _ = layer(z)
@@ -189,23 +190,26 @@ def _count_made_calls(flow) -> list[int]:
 
 @pytest.mark.parametrize("dim,layers", [(2, 3), (6, 2)])
 def test_costs_maf_and_iaf(dim, layers):
-    """MAF: log_prob = 1 MADE pass per layer, sample = D passes per layer. IAF: the reverse,
-    and its sample_and_log_prob needs only the parallel passes."""
+    """MAF: log_prob = 1 MADE pass per layer; sample = D sequential steps per layer, which are D
+    full passes when autograd records them and none (the incremental pass, flowlib.sequential)
+    otherwise. IAF: the reverse, and its sample_and_log_prob needs only the parallel passes."""
     flowlib.seed(0)
     m, i = maf(dim, layers, (8,)), iaf(dim, layers, (8,))
     for f in (m, i):
         perturb(f, 0.2)
     x = torch.randn(16, dim)
-    for flow, cheap, dear in ((m, "log_prob", "sample"), (i, "sample", "log_prob")):
+    z = torch.randn(16, dim)
+    for flow, cheap, dear in ((m, "inverse", "forward"), (i, "forward", "inverse")):
         calls = _count_made_calls(flow)
-        with torch.no_grad():
-            flow.log_prob(x)
-            n_log_prob = calls[0]
-            calls[0] = 0
-            flow.sample(16)
-            n_sample = calls[0]
-        expected = {cheap: layers, dear: layers * dim}
-        assert n_log_prob == expected["log_prob"] and n_sample == expected["sample"]
+        counts = {}
+        for direction, v in (("inverse", x), ("forward", z)):
+            for grad in (False, True):
+                calls[0] = 0
+                with torch.set_grad_enabled(grad):
+                    getattr(flow.bijection, direction)(v)
+                counts[direction, grad] = calls[0]
+        assert counts[cheap, False] == counts[cheap, True] == layers
+        assert counts[dear, True] == layers * dim and counts[dear, False] == 0
 
     calls = _count_made_calls(i)
     with torch.no_grad():

@@ -201,11 +201,11 @@ def _layers():
                                                          order="random", generator=g),
                                     0.5).double()
     yield "autoregressive/context", perturb(SplineAutoregressive(d, (16,), bins=3, bound=2.0,
-                                                                 context_features=2), 0.5).double()
+                                                                 context=2), 0.5).double()
     yield "coupling/alternating", perturb(SplineCoupling(alternating_mask(d), (16,), bins=7,
                                                          bound=2.0), 0.5).double()
     yield "coupling/half/context", perturb(SplineCoupling(half_mask(d, flip=True), (16, 16), bins=4,
-                                                          bound=2.0, context_features=2),
+                                                          bound=2.0, context=2),
                                            0.5).double()
 
 
