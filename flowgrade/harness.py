@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from .rpc import Endpoint, Proxy, RemoteError
+from .rpc import AccessDenied, Endpoint, RemoteError
 from .sandbox import Kernel, SandboxLimits, start_kernel
 from .wire import WireError, read_frame
 
@@ -97,23 +97,23 @@ class HarnessEndpoint(Endpoint):
     def allow(self, op: str, obj: Any, name: str | None = None) -> None:
         if op == "call":
             if not callable(obj):
-                raise PermissionError("not callable")
+                raise AccessDenied("not callable")
             return
         if op == "op":
             return
         if op == "getattr":
             if name is None or name.startswith("_"):
-                raise PermissionError("private attribute")
+                raise AccessDenied("private attribute")
             if isinstance(obj, (types.ModuleType, torch.Tensor)):
-                raise PermissionError("attributes of this object are not shared")
+                raise AccessDenied("attributes of this object are not shared")
             if isinstance(obj, torch.nn.Module) and name not in _MODULE_READERS:
                 for klass in type(obj).__mro__:
                     if name in vars(klass):
                         if klass is torch.nn.Module:
-                            raise PermissionError(f"{name} of a module is not shared")
+                            raise AccessDenied(f"{name} of a module is not shared")
                         break
             return
-        raise PermissionError(f"{op} is not allowed on the grader's objects")
+        raise AccessDenied(f"{op} is not allowed on the grader's objects")
 
     # ------------------------------------------------------------------ autograd link
     def on_request(self, n: int, op: str) -> None:
@@ -184,7 +184,7 @@ class HarnessEndpoint(Endpoint):
             param = self.resolve_own(args[0]) if not isinstance(args[0], int) else \
                 self.exports.get(args[0])
             if not isinstance(param, torch.nn.Parameter):
-                raise PermissionError("only a parameter's requires_grad may be set")
+                raise AccessDenied("only a parameter's requires_grad may be set")
             param.requires_grad_(args[1])
             return None
         return super().handle(op, args)

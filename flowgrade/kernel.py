@@ -141,6 +141,8 @@ class KernelEndpoint(Endpoint):
         cb, self._cb = self._cb, None
         if not pending:
             return value
+        if context.startswith("request"):
+            self._had_imports = True
         inputs = self._sent_stack[-1] if context == "reply" and self._sent_stack else []
         inputs = [t for t in inputs if t.requires_grad]
         info = {"endpoint": self, "cb": cb, "imports": [i for i, _ in pending],
@@ -163,7 +165,15 @@ class KernelEndpoint(Endpoint):
     # ------------------------------------------------------------------ serving
     def serve(self, header: dict, buffers: list[bytes]) -> None:
         self._serving = header.get("n")
+        self._had_imports = False
         super().serve(header, buffers)
+
+    def decode(self, tree: Any, buffers: list[bytes], context: str) -> Any:
+        value = super().decode(tree, buffers, context)
+        if context.startswith("request"):
+            # read by handle() right after: did this request bring tensors with grad?
+            self._request_imports = self._had_imports
+        return value
 
     def handle(self, op: str, args: list) -> Any:
         if op == "call" and len(args) == 4:
@@ -171,9 +181,10 @@ class KernelEndpoint(Endpoint):
             if isinstance(state, bytes):
                 with contextlib.suppress(RuntimeError, ValueError):
                     torch.set_rng_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
-            n = self._serving
+            n, self._had_imports = self._serving, False
+            had = getattr(self, "_request_imports", False)
             result = super().handle("call", args[:3])
-            return _Recorded(self, n, result)
+            return _Recorded(self, n, result, had)
         if op == "run_cell" and len(args) == 1 and type(args[0]) is str:
             return self.run_cell(args[0])
         if op == "lookup" and len(args) == 1 and type(args[0]) is str:
@@ -189,7 +200,9 @@ class KernelEndpoint(Endpoint):
                 out = super().encode(value.value)
             finally:
                 outs, self._encoded = self._encoded, None
-            if any(t.requires_grad for t in outs):
+            # kept for a later VJP when the harness sent tensors with grad (a detached output
+            # must answer "zero", which the harness then checks) or an output needs grad
+            if value.had_imports or any(t.requires_grad for t in outs):
                 self.calls.put(value.n, outs)
             return out
         return super().encode(value)
@@ -241,10 +254,10 @@ class KernelEndpoint(Endpoint):
 class _Recorded:
     """A call's result, marked so that encoding it records the output tensors for a VJP."""
 
-    __slots__ = ("endpoint", "n", "value")
+    __slots__ = ("endpoint", "n", "value", "had_imports")
 
-    def __init__(self, endpoint: KernelEndpoint, n: Any, value: Any):
-        self.endpoint, self.n, self.value = endpoint, n, value
+    def __init__(self, endpoint: KernelEndpoint, n: Any, value: Any, had_imports: bool):
+        self.endpoint, self.n, self.value, self.had_imports = endpoint, n, value, had_imports
 
 
 class _Capped(io.StringIO):

@@ -21,7 +21,7 @@ import torch
 
 from .wire import Decoder, Encoder, Limits, Ref, WireError, read_frame, write_frame
 
-__all__ = ["RemoteError", "Proxy", "Endpoint", "ITER_LIMIT"]
+__all__ = ["RemoteError", "AccessDenied", "Proxy", "Endpoint", "ITER_LIMIT"]
 
 ITER_LIMIT = 1_000_000  # items of one iteration over a remote object (sent as one list)
 EXPORT_LIMIT = 200_000  # objects one side may hand the other in one notebook
@@ -35,6 +35,11 @@ class RemoteError(Exception):
         super().__init__(f"{type_name}: {message}" if message else type_name)
         self.type_name = type_name
         self.message = message
+
+
+class AccessDenied(Exception):
+    """The owner of an object refused what the peer asked to do with it (not an OSError: the
+    channel's own errors are those)."""
 
 
 class Proxy:
@@ -140,7 +145,7 @@ class Endpoint:
         encoded."""
 
     def allow(self, op: str, obj: Any, name: str | None = None) -> None:
-        """Raise PermissionError when the peer may not do ``op`` on our ``obj``."""
+        """Raise AccessDenied when the peer may not do ``op`` on our ``obj``."""
 
     # ------------------------------------------------------------------ encoding
     def encode(self, value: Any) -> tuple[Any, list[bytes]]:
