@@ -47,7 +47,11 @@ def flowgrade(course: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def hidden_lines() -> list[str]:
-    """Every hidden-test line of every assignment (12 characters or more)."""
+    """Every hidden-test line of every assignment (12 characters or more) that the student
+    version does not show anyway."""
+    public = {line.strip() for nb_path in (REPO / "exercises").glob("*/*.ipynb")
+              for cell in nbformat.read(nb_path, as_version=4).cells
+              for line in cell.source.split("\n")}
     out = []
     for nb_path in (REPO / "solutions").glob("*/*.ipynb"):
         for cell in nbformat.read(nb_path, as_version=4).cells:
@@ -57,7 +61,7 @@ def hidden_lines() -> list[str]:
                     inside = True
                 elif "### END HIDDEN TESTS" in line:
                     inside = False
-                elif inside and len(line.strip()) >= 12:
+                elif inside and len(line.strip()) >= 12 and line.strip() not in public:
                     out.append(line.strip())
     return out
 
