@@ -5,7 +5,8 @@
 
 1. ``maf``: MAF (5 layers, MADE 2x64) on eight Gaussians and rings: KL to the truth, ms/step.
 2. ``realnvp``: 8 affine couplings (MLP 2x64) on the 8x8 digits: test bits/dim, ms/step.
-3. ``sampling``: MAF and IAF density evaluation vs sampling time as D grows (flowlib; a plot).
+3. ``sampling``: MAF and IAF density evaluation vs sampling time as D grows, every library and
+   flowlib's naive D-pass loop (a plot), and the MAF training step at D = 2 and 64.
 4. ``distill``: an IAF student distilled from one MAF teacher per seed, in every library.
 5. ``best``: the course's best 2-D model trained for the fastest peer's wall time of benchmark 1.
 
@@ -225,31 +226,111 @@ def bench_realnvp(args, dev) -> dict:
 
 # ---------------------------------------------------------------------------- 3. sampling cost
 
+def _flowlib_naive(flow, n_or_x, kind: str):
+    """flowlib's sequential direction with the naive loop (D full MADE passes per layer) instead
+    of the incremental one: MAF ``sample(n)`` or IAF ``log_prob(x)``."""
+    from flowlib.sequential import sequential_naive
+
+    layers = list(flow.bijection.layers)
+    if kind == "maf":
+        z = flow.base.sample(n_or_x)
+        for layer in layers:
+            z, _ = sequential_naive(layer.made, layer.elementwise, z)
+        return z
+    x, ladj = n_or_x, 0.0
+    for layer in reversed(layers):          # Inverse(MaskedAutoregressive): its forward
+        x, l = sequential_naive(layer.base.made, layer.base.elementwise, x)
+        ladj = ladj + l
+    return flow.base.log_prob(x) + ladj
+
+
+def _ms(fn, dev) -> float:
+    t0 = time.perf_counter()
+    fn()
+    sync(dev)
+    return 1000 * (time.perf_counter() - t0)
+
+
 @torch.no_grad()
-def bench_sampling(args, dev) -> dict:
-    """Benchmark 3: log_prob vs sample time of MAF and IAF as D grows (batch ``args.batch3``)."""
+def _sampling_rows(args, dev) -> list[dict]:
     rows = []
     for d in args.dims:
-        for kind in ("maf", "iaf"):
-            flowlib.seed(0)
-            flow = (flowlib.models.maf if kind == "maf" else flowlib.models.iaf)(d).to(dev).eval()
-            x = torch.randn(args.batch3, d, device=dev)
-            t_lp, t_s = [], []
-            for _ in range(args.repeats):  # alternate the two operations
-                t0 = time.perf_counter()
-                flow.log_prob(x)
-                sync(dev)
-                t_lp.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                flow.sample(args.batch3)
-                sync(dev)
-                t_s.append(time.perf_counter() - t0)
-            rows.append({"model": kind, "dim": d, "log_prob_ms": 1000 * statistics.median(t_lp),
-                         "sample_ms": 1000 * statistics.median(t_s)})
-            print(f"  {kind} D={d:4d} log_prob {rows[-1]['log_prob_ms']:8.1f} ms  "
-                  f"sample {rows[-1]['sample_ms']:8.1f} ms", flush=True)
-    return {"setup": {"batch": args.batch3, "layers": 5, "hidden": [64, 64], "repeats": args.repeats},
-            "rows": rows}
+        libs = peers.LIBS if d <= args.peer_max_dim else ("flowlib",)
+        models, naive = {}, {}
+        for lib in libs:
+            for kind in ("maf", "iaf"):
+                flowlib.seed(0)
+                models[lib, kind] = getattr(peers, kind)(lib, d).to(dev).eval()
+        x = torch.randn(args.batch3, d, device=dev)
+        times: dict = {}
+        for rnd in range(args.repeats):          # alternate libraries and operations
+            for lib in rotate(libs, rnd):
+                for kind in ("maf", "iaf"):
+                    m = models[lib, kind]
+                    times.setdefault((lib, kind, "log_prob"), []).append(_ms(lambda: m.log_prob(x), dev))
+                    times.setdefault((lib, kind, "sample"), []).append(_ms(lambda: m.sample(args.batch3), dev))
+                    if lib == "flowlib":
+                        op = "sample_naive" if kind == "maf" else "log_prob_naive"
+                        arg = args.batch3 if kind == "maf" else x
+                        times.setdefault((lib, kind, op), []).append(
+                            _ms(lambda: _flowlib_naive(m.module, arg, kind), dev))
+        # exactness at this size: a perturbed flowlib MAF, the same base samples both ways
+        flowlib.seed(1)
+        maf = flowlib.testing.perturb(flowlib.models.maf(d).to(dev), 0.05)
+        z = torch.randn(min(args.batch3, 1000), d, device=dev)
+        fast = maf.bijection(z)[0]
+        slow = z
+        for layer in maf.bijection.layers:
+            slow, _ = flowlib.sequential.sequential_naive(layer.made, layer.elementwise, slow)
+        diff = (fast - slow).abs().max().item()
+        for lib in libs:
+            for kind in ("maf", "iaf"):
+                row = {"lib": lib, "model": kind, "dim": d}
+                for (l2, k2, op), ts in times.items():
+                    if (l2, k2) == (lib, kind):
+                        row[f"{op}_ms"] = statistics.median(ts)
+                if lib == "flowlib" and kind == "maf":
+                    row["max_abs_diff_naive"] = diff
+                rows.append(row)
+                print(f"  {lib:9s} {kind} D={d:4d} " + "  ".join(
+                    f"{k[:-3]} {v:8.1f} ms" for k, v in row.items() if k.endswith("_ms")), flush=True)
+    return rows
+
+
+def _train_rows(args, dev) -> list[dict]:
+    """MAF training step (batch 256) of every library at the given dimensions, alternating."""
+    rows = []
+    for d in args.train_dims:
+        g = torch.Generator().manual_seed(d)
+        data = torch.randn(4096, d, generator=g).to(dev)
+        times: dict = {}
+        for rnd in range(args.repeats):
+            for lib in rotate(peers.LIBS, rnd):
+                flowlib.seed(rnd)
+                model = peers.maf(lib, d)
+                gb = torch.Generator().manual_seed(rnd)
+                ts = train(model, lambda: data[torch.randint(len(data), (256,), generator=gb)],
+                           args.train_steps, 1e-3, dev)
+                times.setdefault(lib, []).append(statistics.median(ts[5:] or ts))
+        for lib in peers.LIBS:
+            row = {"lib": lib, "dim": d, "ms_per_step": statistics.median(times[lib])}
+            if lib != "flowlib":
+                row["flowlib_time_ratio"] = statistics.median(
+                    a / b for a, b in zip(times["flowlib"], times[lib]))
+            rows.append(row)
+            print(f"  train MAF D={d:3d} {lib:9s} {row['ms_per_step']:.2f} ms/step", flush=True)
+    return rows
+
+
+def bench_sampling(args, dev) -> dict:
+    """Benchmark 3: log_prob vs sample time of MAF and IAF as D grows (batch ``args.batch3``),
+    every library (peers up to ``args.peer_max_dim``), plus flowlib's naive D-pass loop; and the
+    MAF training step at ``args.train_dims``. Libraries and operations alternate."""
+    return {"setup": {"batch": args.batch3, "layers": 5, "hidden": [64, 64],
+                      "repeats": args.repeats, "peer_max_dim": args.peer_max_dim,
+                      "train_steps": args.train_steps, "train_batch": 256,
+                      "threads": torch.get_num_threads()},
+            "rows": _sampling_rows(args, dev), "train": _train_rows(args, dev)}
 
 
 def plot_sampling(result: dict, path: Path) -> None:
@@ -259,21 +340,31 @@ def plot_sampling(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    styles = {("maf", "log_prob_ms"): ("MAF log_prob (1 pass/layer)", "C0", "-"),
-              ("maf", "sample_ms"): ("MAF sample (D passes/layer)", "C0", "--"),
-              ("iaf", "log_prob_ms"): ("IAF log_prob (D passes/layer)", "C1", "--"),
-              ("iaf", "sample_ms"): ("IAF sample (1 pass/layer)", "C1", "-")}
-    for (kind, key), (label, color, ls) in styles.items():
-        pts = sorted((r["dim"], r[key]) for r in rows if r["model"] == kind)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, color=color, marker="o", label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("dimension D")
-    ax.set_ylabel(f"ms per call (batch {result['setup']['batch']})")
-    ax.set_title("Parallel vs sequential direction (5 layers, MADE 2x64)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    colors = {"flowlib": "C0", "zuko": "C1", "nflows": "C2", "normflows": "C3"}
+    panels = [("MAF sample (sequential)", "maf", "sample_ms", "sample_naive_ms"),
+              ("IAF log_prob of outside points (sequential)", "iaf", "log_prob_ms",
+               "log_prob_naive_ms")]
+    for ax, (title, kind, key, naive) in zip(axes, panels):
+        for lib, color in colors.items():
+            pts = sorted((r["dim"], r[key]) for r in rows if r["lib"] == lib and r["model"] == kind)
+            if pts:
+                label = f"{lib} (incremental)" if lib == "flowlib" else lib
+                ax.plot(*zip(*pts), "-", color=color, marker="o", label=label)
+        pts = sorted((r["dim"], r[naive]) for r in rows if r["lib"] == "flowlib" and r["model"] == kind)
+        ax.plot(*zip(*pts), "--", color="C0", marker="x", label="flowlib, naive D-pass loop")
+        par = "log_prob_ms" if kind == "maf" else "sample_ms"
+        pts = sorted((r["dim"], r[par]) for r in rows if r["lib"] == "flowlib" and r["model"] == kind)
+        ax.plot(*zip(*pts), ":", color="k", marker=".",
+                label=f"flowlib {'MAF log_prob' if kind == 'maf' else 'IAF sample'} (parallel)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("dimension D")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel(f"ms per call (batch {result['setup']['batch']})")
+    fig.suptitle("Sequential directions, 5 layers, MADE 2x64, one thread", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -411,6 +502,12 @@ def _ratio_cell(e: dict) -> str:
     return f"{e['flowlib_time_ratio']:.2f}" if "flowlib_time_ratio" in e else "—"
 
 
+def peers_order(rows: list[dict]) -> list[str]:
+    """The libraries present in ``rows``, flowlib first, then in ``peers.LIBS`` order."""
+    present = {row["lib"] for row in rows}
+    return [lib for lib in peers.LIBS if lib in present] + sorted(present - set(peers.LIBS))
+
+
 def table(results: dict) -> str:
     m = results.get("machine", {})
     lines = [f"Measured on {m.get('device')} ({m.get('name')}, {m.get('threads')} thread(s)), "
@@ -443,14 +540,40 @@ def table(results: dict) -> str:
         lines += [f"| (full-covariance Gaussian) | {r['gaussian_bits_per_dim']:.3f} | — | — |", ""]
     if "sampling" in results:
         r = results["sampling"]
-        lines += [f"### 3. Density evaluation vs sampling, flowlib, batch {r['setup']['batch']} (ms per call)", "",
-                  "| D | MAF log_prob | MAF sample | IAF log_prob | IAF sample |", "|---|---|---|---|---|"]
-        by = {(row["model"], row["dim"]): row for row in r["rows"]}
-        for d in sorted({row["dim"] for row in r["rows"]}):
-            a, b = by[("maf", d)], by[("iaf", d)]
-            lines.append(f"| {d} | {a['log_prob_ms']:.1f} | {a['sample_ms']:.1f} | "
-                         f"{b['log_prob_ms']:.1f} | {b['sample_ms']:.1f} |")
+        rows = r["rows"]
+        libs = [lib for lib in peers_order(rows)]
+        lines += [f"### 3. Density evaluation vs sampling, batch {r['setup']['batch']} (ms per call, "
+                  f"medians of {r['setup']['repeats']} alternating runs)", "",
+                  "The sequential directions: MAF `sample` and IAF `log_prob` of outside points "
+                  "(flowlib incremental, flowlib's naive D-pass loop, each peer); the parallel ones "
+                  "(MAF `log_prob`, IAF `sample`) for flowlib.", "",
+                  "| D | " + " | ".join(f"MAF sample {lib}" for lib in libs) +
+                  " | MAF sample flowlib naive | " + " | ".join(f"IAF log_prob {lib}" for lib in libs) +
+                  " | IAF log_prob flowlib naive | MAF log_prob flowlib | IAF sample flowlib |",
+                  "|---" * (2 * len(libs) + 5) + "|"]
+        by = {(row["lib"], row["model"], row["dim"]): row for row in rows}
+
+        def cell(lib, kind, d, key):
+            row = by.get((lib, kind, d))
+            return f"{row[key]:.1f}" if row and key in row else "—"
+
+        for d in sorted({row["dim"] for row in rows}):
+            lines.append(f"| {d} | " + " | ".join(cell(lib, "maf", d, "sample_ms") for lib in libs)
+                         + f" | {cell('flowlib', 'maf', d, 'sample_naive_ms')} | "
+                         + " | ".join(cell(lib, "iaf", d, "log_prob_ms") for lib in libs)
+                         + f" | {cell('flowlib', 'iaf', d, 'log_prob_naive_ms')} | "
+                         f"{cell('flowlib', 'maf', d, 'log_prob_ms')} | "
+                         f"{cell('flowlib', 'iaf', d, 'sample_ms')} |")
         lines.append("")
+        if r.get("train"):
+            lines += [f"MAF training step (batch {r['setup']['train_batch']}, median ms over "
+                      f"{r['setup']['train_steps']} steps, median of {r['setup']['repeats']} "
+                      "alternating runs):", "",
+                      "| D | library | ms/step | flowlib time / its time |", "|---|---|---|---|"]
+            for row in r["train"]:
+                ratio = f"{row['flowlib_time_ratio']:.2f}" if "flowlib_time_ratio" in row else "—"
+                lines.append(f"| {row['dim']} | {row['lib']} | {row['ms_per_step']:.2f} | {ratio} |")
+            lines.append("")
     if "distill" in results:
         r = results["distill"]
         s = r["setup"]
@@ -501,6 +624,12 @@ def main() -> None:
     ap.add_argument("--dims", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     ap.add_argument("--batch3", type=int, default=10_000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--peer-max-dim", type=int, default=64,
+                    help="benchmark 3: the peers' sequential passes take D full passes, so they are "
+                         "timed up to this dimension only")
+    ap.add_argument("--train-dims", type=int, nargs="+", default=[2, 64],
+                    help="benchmark 3: dimensions of the MAF training-step timing")
+    ap.add_argument("--train-steps", type=int, default=100)
     ap.add_argument("--probe-steps", type=int, default=100, help="benchmark 5's timing probe")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()

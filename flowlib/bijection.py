@@ -37,8 +37,7 @@ def soft_clamp(raw: Tensor, bound: float, *, negate: bool = False) -> Tensor:
     The identity near 0 (slope 1), strictly inside :math:`(-c, c)`, and odd. Its slope
     :math:`1 / (1 + (\pi r / 2c)^2)` decays polynomially, where ``c * tanh(r / c)``'s decays
     exponentially: a layer whose raw output has grown large still gets a gradient to change its
-    scale. On the course's benchmarks (``bench/``) it trains both the MAF and the affine coupling
-    flow to better likelihoods than the ``tanh`` clamp.
+    scale (the book's benchmark appendix compares the two clamps).
 
     ``negate=True`` returns ``-soft_clamp(raw, bound)`` at the cost of the positive one (the clamp
     is odd, so the sign rides on the scalar multiply).

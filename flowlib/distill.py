@@ -37,7 +37,7 @@ from .bijection import Compose, Inverse
 from .maps import AffineMap
 from .data import Estimate
 from .distributions import Flow, StandardNormal
-from .train import History, _optimizer, _progress_enabled, _update, device
+from .train import History, device, make_optimizer, optimizer_step, progress_enabled
 
 __all__ = ["kl_samples", "kl_estimate", "gaussian_kl", "gaussian_ar_kl", "distill"]
 
@@ -192,7 +192,7 @@ def distill(student: nn.Module, teacher: nn.Module, steps: int = 1000, batch_siz
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
         raise ValueError("distill: the student has no trainable parameters")
-    opt, sched = _optimizer(params, lr, steps, schedule, "distill")
+    opt, sched = make_optimizer(params, lr, steps, schedule, "distill")
 
     # Freeze the teacher: gradients still flow *through* its log-density into the samples, but
     # none accumulate in its parameters (and eval mode fixes e.g. batch-norm statistics).
@@ -201,7 +201,7 @@ def distill(student: nn.Module, teacher: nn.Module, steps: int = 1000, batch_siz
     for p in teacher_params:
         p.requires_grad_(False)
     hist = History(device=str(dev))
-    bar = tqdm(range(steps), disable=not _progress_enabled(progress), file=sys.stderr,
+    bar = tqdm(range(steps), disable=not progress_enabled(progress), file=sys.stderr,
                desc=f"distill on {dev.type}", mininterval=0.5, leave=False)
     start = time.perf_counter()
     student.train()
@@ -213,7 +213,7 @@ def distill(student: nn.Module, teacher: nn.Module, steps: int = 1000, batch_siz
                 raise FloatingPointError(
                     f"distill: the KL estimate is {value} at step {step}; parameters kept from "
                     f"step {step - 1}. Try a lower learning rate.")
-            _update(loss, opt, sched, params, clip)
+            optimizer_step(loss, opt, sched, params, clip)
             hist.loss.append(value)
             if step % 50 == 0:
                 bar.set_postfix(kl=f"{value:.3f}")

@@ -144,7 +144,7 @@ class GlowStep(Compose):
 
     Since the 1x1 convolution mixes the channels before every coupling, a fixed mask is enough:
     no alternation or permutation is needed. ``permutation`` replaces the 1x1 convolution for
-    ablations: ``"lu"`` (default), ``"plain"`` (dense :math:`W`), ``"reverse"`` or ``"shuffle"``
+    ablations: ``"lu"`` (default), ``"plain"`` (dense :math:`W`), ``"reversed"`` or ``"shuffle"``
     (a fixed :class:`~flowlib.linear.Permutation`, the latter drawn from ``generator``).
 
     Args:
@@ -169,12 +169,12 @@ class GlowStep(Compose):
             c = shp[0]
         if permutation in ("lu", "plain"):
             mix: Bijection = InvConv1x1(c, lu=permutation == "lu")
-        elif permutation == "reverse":
+        elif permutation in ("reversed", "reverse"):
             mix = Permutation.reverse(c)
         elif permutation == "shuffle":
             mix = Permutation.random(c, generator)
         else:
-            raise ValueError(f"GlowStep: permutation must be 'lu', 'plain', 'reverse' or "
+            raise ValueError(f"GlowStep: permutation must be 'lu', 'plain', 'reversed' or "
                              f"'shuffle', got {permutation!r}")
         coupling = AffineCoupling(mask, hidden=hidden, blocks=blocks, context=context,
                                   activation=activation, log_scale_bound=log_scale_bound)

@@ -29,13 +29,13 @@ def _autoregressive_orders(dim: int, layers: int, permutation: str, seed: int) -
     those would move data every pass for nothing (a standard normal base is unchanged by the
     final permutation that remains)."""
     g = torch.Generator().manual_seed(seed)
-    if permutation == "reverse":
+    if permutation in ("reversed", "reverse"):
         return [made_order(dim, "natural" if k % 2 == 0 else "reversed") for k in range(layers)]
     if permutation == "random":
         return [made_order(dim, "natural")] + [made_order(dim, "random", g) for _ in range(layers - 1)]
     if permutation == "none":
         return [made_order(dim, "natural")] * layers
-    raise ValueError(f"permutation must be 'reverse', 'random' or 'none', got {permutation!r}")
+    raise ValueError(f"permutation must be 'reversed', 'random' or 'none', got {permutation!r}")
 
 
 def _autoregressive_stack(dim: int, layers: int, hidden: Sequence[int], permutation: str,
@@ -50,11 +50,11 @@ def _autoregressive_stack(dim: int, layers: int, hidden: Sequence[int], permutat
 
 
 def maf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), *,
-        permutation: str = "reverse", context: int = 0, activation: str = "relu",
+        permutation: str = "reversed", context: int = 0, activation: str = "relu",
         log_scale_bound: float | None = 3.0, seed: int = 0) -> Flow:
     r"""Masked autoregressive flow (Papamakarios et al., 2017): ``layers`` :class:`MaskedAutoregressive`
     layers (MADE with ``hidden`` units) over a standard normal base, each conditioning in its own
-    order: ``permutation="reverse"`` alternates the natural and the reversed ordering,
+    order: ``permutation="reversed"`` alternates the natural and the reversed ordering,
     ``"random"`` draws the orderings after the first from ``seed``, ``"none"`` keeps the natural
     one throughout. That is the classic permutation between layers, folded into the MADEs'
     orderings (see ``_autoregressive_orders``).
@@ -75,7 +75,7 @@ def maf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), *,
 
 
 def iaf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), *,
-        permutation: str = "reverse", context: int = 0, activation: str = "relu",
+        permutation: str = "reversed", context: int = 0, activation: str = "relu",
         log_scale_bound: float | None = 3.0, seed: int = 0) -> Flow:
     r"""Inverse autoregressive flow (Kingma et al., 2016): the layers of :func:`maf`, each
     inverted with ``.inv`` (the same parameters, directions swapped).
@@ -90,6 +90,23 @@ def iaf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), *,
 
 
 # ---------------------------------------------------------------------------- coupling flows
+
+
+def _layer_count(who: str, layers: int | None, old: int | None, old_name: str,
+                 default: int) -> int:
+    """``layers``, the one name every factory uses for its number of layers; ``old`` is the
+    count under the factory's former name (still accepted, with a DeprecationWarning)."""
+    if old is not None:
+        import warnings
+
+        if layers is not None:
+            raise TypeError(f"{who}: give layers= only ({old_name}= is its former name)")
+        warnings.warn(f"{who}: {old_name}= is now layers=", DeprecationWarning, stacklevel=3)
+        layers = old
+    layers = default if layers is None else int(layers)
+    if layers < 1:
+        raise ValueError(f"{who}: layers must be positive, got {layers}")
+    return layers
 
 
 def _image_shape(name: str, dim: int | None, shape: Sequence[int] | None) -> tuple[int, ...] | None:
@@ -124,12 +141,12 @@ def _vector_masks(dim: int, mask: str | Tensor) -> tuple[Tensor, Tensor]:
     return m, ~m
 
 
-def nice(dim: int, couplings: int = 6, hidden: Sequence[int] = (64, 64), *,
+def nice(dim: int, layers: int | None = None, hidden: Sequence[int] = (64, 64), *,
          mask: str | Tensor = "alternating", rescale: bool = True, base: str = "normal",
          logit: float | None = None, context: int = 0, activation: str = "relu",
-         init_std: float | None = None) -> Flow:
-    r"""NICE (Dinh et al., 2014): ``couplings`` :class:`~flowlib.coupling.AdditiveCoupling` layers
-    with MLP conditioners (``hidden`` units), the partition alternating between a mask and its
+         init_std: float | None = None, couplings: int | None = None) -> Flow:
+    r"""NICE (Dinh et al., 2014): ``layers`` (default 6) :class:`~flowlib.coupling.AdditiveCoupling`
+    layers with MLP conditioners (``hidden`` units), the partition alternating between a mask and its
     complement, then NICE's diagonal :class:`~flowlib.coupling.Rescale` next to the base.
 
     In the normalizing direction (what ``log_prob`` runs), the data go through
@@ -155,6 +172,7 @@ def nice(dim: int, couplings: int = 6, hidden: Sequence[int] = (64, 64), *,
     """
     if base not in ("normal", "logistic"):
         raise ValueError(f"nice: base must be 'normal' or 'logistic', got {base!r}")
+    couplings = _layer_count("nice", layers, couplings, "couplings", 6)
     masks = _vector_masks(dim, mask)
     steps: list[Bijection] = []  # normalizing order: data first
     if logit is not None:
@@ -196,14 +214,15 @@ def _realnvp_image(shape: tuple[int, int, int], couplings: int, hidden: int, blo
 
 
 def realnvp(dim: int | None = None, *, shape: Sequence[int] | None = None,
-            couplings: int | None = None, hidden: int | Sequence[int] | None = None,
+            layers: int | None = None, hidden: int | Sequence[int] | None = None,
             blocks: int = 1, scales: int = 2, mask: str | Tensor = "alternating",
             batch_norm: bool = False, logit: float | None = None, context: int = 0,
-            activation: str = "relu", log_scale_bound: float | None = 2.0) -> Flow:
+            activation: str = "relu", log_scale_bound: float | None = 2.0,
+            couplings: int | None = None) -> Flow:
     r"""RealNVP (Dinh et al., 2017) with a standard normal base, for vectors (``dim=``) or images
     (``shape=(C, H, W)``).
 
-    **Vectors.** ``couplings`` (default 8) :class:`~flowlib.coupling.AffineCoupling` layers with
+    **Vectors.** ``layers`` (default 8) :class:`~flowlib.coupling.AffineCoupling` layers with
     MLP conditioners, the partition alternating between ``mask`` and its complement
     (``"alternating"``, ``"half"`` or a boolean tensor ``[dim]``, e.g. a flattened
     :func:`~flowlib.coupling.checkerboard_mask` for images seen as vectors). ``hidden`` defaults to
@@ -211,10 +230,10 @@ def realnvp(dim: int | None = None, *, shape: Sequence[int] | None = None,
     (``dim=64``) wider conditioners overfit within 2000 steps.
 
     **Images: the multi-scale architecture.** At each scale, in the normalizing direction:
-    ``couplings`` checkerboard couplings, a squeeze (``[C, H, W] -> [4C, H/2, W/2]``),
-    ``couplings`` channel-mask couplings, then half the channels go on to the next scale
+    ``layers`` (default 3) checkerboard couplings, a squeeze (``[C, H, W] -> [4C, H/2, W/2]``),
+    ``layers`` channel-mask couplings, then half the channels go on to the next scale
     (:class:`~flowlib.reshape.FactorOut`) while the other half is factored out; the last scale has
-    ``couplings + 1`` checkerboard couplings. The conditioners are
+    ``layers + 1`` checkerboard couplings. The conditioners are
     :class:`~flowlib.coupling.ConvNet` (``hidden`` channels, ``blocks`` residual blocks). Every
     squeeze is undone at the end of its scale, so ``z`` has the data's shape and one standard
     normal base covers every factored-out part.
@@ -237,12 +256,12 @@ def realnvp(dim: int | None = None, *, shape: Sequence[int] | None = None,
     if logit is not None:
         steps.append(LogitPreprocess(logit))
     if shp is not None:
-        body = _realnvp_image(shp, 3 if couplings is None else int(couplings),  # type: ignore[arg-type]
+        body = _realnvp_image(shp, _layer_count("realnvp", layers, couplings, "couplings", 3),
                               32 if hidden is None else int(hidden), blocks,  # type: ignore[arg-type]
                               scales, batch_norm, context, activation, log_scale_bound)
         return Flow(Compose(body, *reversed(steps)), StandardNormal(shp))
     dim = int(dim)  # type: ignore[arg-type]
-    couplings = 8 if couplings is None else int(couplings)
+    couplings = _layer_count("realnvp", layers, couplings, "couplings", 8)
     if hidden is None:
         hidden = (64, 64) if dim <= 16 else (32, 32)
     masks = _vector_masks(dim, mask)
@@ -288,22 +307,23 @@ def _glow_image(shape: tuple[int, int, int], steps: int, hidden: int, blocks: in
     return level(*shape, 0)
 
 
-def glow(dim: int | None = None, *, shape: Sequence[int] | None = None, steps: int | None = None,
+def glow(dim: int | None = None, *, shape: Sequence[int] | None = None, layers: int | None = None,
          hidden: int | Sequence[int] | None = None, blocks: int = 1, scales: int = 2,
          permutation: str = "lu", learned_prior: bool = True, logit: float | None = None,
          context: int = 0, activation: str = "relu",
-         log_scale_bound: float | None = 2.0) -> Flow:
+         log_scale_bound: float | None = 2.0,
+         steps: int | None = None) -> Flow:
     r"""Glow (Kingma & Dhariwal, 2018): steps of flow (:class:`~flowlib.invconv.GlowStep`:
     actnorm, invertible 1x1 convolution, affine coupling with a fixed half/channel mask), standard
     normal base.
 
-    **Vectors** (``dim``): ``steps`` (default 8) steps with :class:`~flowlib.coupling.MLP`
+    **Vectors** (``dim``): ``layers`` (default 8) steps of flow with :class:`~flowlib.coupling.MLP`
     conditioners (``hidden`` defaults to ``(64, 64)`` for ``dim <= 16``, ``(32, 32)`` above, as
     in :func:`realnvp`). The 1x1 convolution is then a learned :math:`D \times D` mixing of the
     coordinates.
 
     **Images** (``shape=(C, H, W)``): Glow's multi-scale architecture. At each of ``scales``
-    levels, in the normalizing direction: squeeze, ``steps`` (default 4) steps of flow with
+    levels, in the normalizing direction: squeeze, ``layers`` (default 4) steps of flow with
     :class:`~flowlib.coupling.ConvNet` conditioners (``hidden`` channels, default 32, ``blocks``
     residual blocks), then (but at the last level) half the channels are factored out and the
     other half goes on. With ``learned_prior`` (default), the factored-out half gets Glow's
@@ -315,7 +335,7 @@ def glow(dim: int | None = None, *, shape: Sequence[int] | None = None, steps: i
 
     Args:
         permutation: between the couplings: ``"lu"`` (LU 1x1 convolution, default), ``"plain"``
-            (dense :math:`W`), ``"reverse"`` or ``"shuffle"`` (fixed permutations, for ablations).
+            (dense :math:`W`), ``"reversed"`` or ``"shuffle"`` (fixed permutations, for ablations).
         logit: if given, the data lie in :math:`[0, 1]` and the flow starts (normalizing
             direction) with :class:`~flowlib.preprocess.LogitPreprocess` with this :math:`\alpha`.
         context: size of an optional context given to every conditioner.
@@ -334,7 +354,7 @@ def glow(dim: int | None = None, *, shape: Sequence[int] | None = None, steps: i
     shp = _image_shape("glow", dim, shape)
     pre: list[Bijection] = [LogitPreprocess(logit)] if logit is not None else []
     if shp is not None:
-        body = _glow_image(shp, 4 if steps is None else int(steps),  # type: ignore[arg-type]
+        body = _glow_image(shp, _layer_count("glow", layers, steps, "steps", 4),
                            32 if hidden is None else int(hidden), blocks,  # type: ignore[arg-type]
                            int(scales), permutation, learned_prior, context, activation,
                            log_scale_bound)
@@ -343,10 +363,11 @@ def glow(dim: int | None = None, *, shape: Sequence[int] | None = None, steps: i
     if hidden is None:
         hidden = (64, 64) if dim <= 16 else (32, 32)
     g = torch.Generator().manual_seed(0)
-    layers = [GlowStep(dim, hidden, permutation=permutation, context=context,
-                       activation=activation, log_scale_bound=log_scale_bound, generator=g)
-              for _ in range(8 if steps is None else int(steps))]
-    return Flow(Compose(*reversed(layers), *pre), StandardNormal(dim))
+    count = _layer_count("glow", layers, steps, "steps", 8)
+    flow_steps = [GlowStep(dim, hidden, permutation=permutation, context=context,
+                           activation=activation, log_scale_bound=log_scale_bound, generator=g)
+                  for _ in range(count)]
+    return Flow(Compose(*reversed(flow_steps), *pre), StandardNormal(dim))
 
 
 # ---------------------------------------------------------------------------- neural spline flows

@@ -111,8 +111,8 @@ def _rq(x: Tensor, params: Tensor, bound: float, inverse: bool,
     The layers call this directly, :func:`rq_spline` after checking and packing its arguments.
     The layout is chosen for the CPU, where these tensors are small and every op costs mostly
     its overhead: with the parameter axis first, each softmax, cumsum, bin count and the gather
-    runs over a contiguous inner axis of length N (a softmax over a short *last* axis is about
-    10x slower here), and each in-bin quantity comes out of the gather as a contiguous row.
+    runs over a contiguous inner axis of length N (a softmax over a short *last* axis is much
+    slower on a CPU), and each in-bin quantity comes out of the gather as a contiguous row.
     Python-scalar arithmetic is avoided where a fused op (``addcmul``, ``alpha=``) does the
     same, since every scalar operand costs an extra tensor conversion.
     """
@@ -139,7 +139,7 @@ def _rq(x: Tensor, params: Tensor, bound: float, inverse: bool,
     # Bin index = number of interior knots <= the point (x-knots for the spline, y-knots for
     # its inverse); a point on a knot starts the next bin (xi = 0 there). K-1 comparisons per
     # point beat a binary search at these sizes: torch.searchsorted wants the knots last, and
-    # the transpose it needs makes it slower (12 vs 9 us for K = 8, N = 512 on one CPU core).
+    # the transpose it needs costs more than the comparisons save.
     idx = (xc >= knots[1 if inverse else 0, 1:-1]).sum(0, keepdim=True)  # [1, N]
     x0, y0, w, h, d0, d1 = table.gather(1, idx.expand(6, 1, n)).view(6, n).unbind(0)
     s = h / w

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["device", "budget", "seed", "fit", "History", "init_distributed"]
+__all__ = ["device", "budget", "seed", "fit", "History", "init_distributed", "make_optimizer",
+           "optimizer_step", "batches", "progress_enabled"]
 
 T = TypeVar("T")
 
@@ -102,14 +103,16 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def _progress_enabled(progress: bool | None) -> bool:
+def progress_enabled(progress: bool | None) -> bool:
+    """Whether a training loop shows its progress bar: ``progress`` if given, else unless
+    ``FLOWLIB_PROGRESS`` is ``0``, ``false`` or ``no``."""
     if progress is not None:
         return progress
     return os.environ.get("FLOWLIB_PROGRESS", "1") not in ("0", "false", "no")
 
 
-def _batches(data: Any, batch_size: int, dev: torch.device,
-             generator: torch.Generator | None) -> Callable[[], Tensor]:
+def batches(data: Any, batch_size: int, dev: torch.device,
+            generator: torch.Generator | None) -> Callable[[], Tensor]:
     """A function returning the next *global* training batch, on ``dev``."""
     if isinstance(data, Tensor):
         if data.dim() < 2 or len(data) == 0:
@@ -138,8 +141,8 @@ def _batches(data: Any, batch_size: int, dev: torch.device,
                     f"callable batch_size -> tensor; got {type(data).__name__}")
 
 
-def _optimizer(params: list[nn.Parameter], lr: float, steps: int, schedule: str, who: str,
-               weight_decay: float = 0.0):
+def make_optimizer(params: list[nn.Parameter], lr: float, steps: int, schedule: str, who: str,
+                   weight_decay: float = 0.0):
     """Adam and its learning-rate schedule, shared by ``fit`` and ``distill``."""
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if schedule == "cosine":
@@ -149,8 +152,8 @@ def _optimizer(params: list[nn.Parameter], lr: float, steps: int, schedule: str,
     raise ValueError(f"{who}: schedule must be 'cosine' or 'constant', got {schedule!r}")
 
 
-def _update(loss: Tensor, opt: torch.optim.Optimizer, sched, params: list[nn.Parameter],
-            clip: float | None) -> None:
+def optimizer_step(loss: Tensor, opt: torch.optim.Optimizer, sched, params: list[nn.Parameter],
+                   clip: float | None) -> None:
     """One gradient step: backward, optional norm clipping, Adam, schedule."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -210,7 +213,7 @@ def fit(flow: nn.Module, data: Any, steps: int = 1000, batch_size: int = 256, lr
     params = [p for p in flow.parameters() if p.requires_grad]
     if not params:
         raise ValueError("fit: the flow has no trainable parameters")
-    opt, sched = _optimizer(params, lr, steps, schedule, "fit", weight_decay)
+    opt, sched = make_optimizer(params, lr, steps, schedule, "fit", weight_decay)
     rank, world = _distributed()
     if batch_size % world:
         raise ValueError(f"fit: batch_size {batch_size} must be divisible by the {world} processes")
@@ -221,7 +224,7 @@ def fit(flow: nn.Module, data: Any, steps: int = 1000, batch_size: int = 256, lr
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(flow, device_ids=[dev.index] if dev.type == "cuda" else None)
-    next_global = _batches(data, batch_size, dev, generator)
+    next_global = batches(data, batch_size, dev, generator)
     local = batch_size // world
 
     def next_batch() -> Tensor:
@@ -233,7 +236,7 @@ def fit(flow: nn.Module, data: Any, steps: int = 1000, batch_size: int = 256, lr
         eval_every = eval_every or max(steps // 20, 1)
 
     hist = History(device=str(dev))
-    bar = tqdm(range(steps), disable=rank != 0 or not _progress_enabled(progress), file=sys.stderr,
+    bar = tqdm(range(steps), disable=rank != 0 or not progress_enabled(progress), file=sys.stderr,
                desc=f"fit on {dev.type}", mininterval=0.5, leave=False)
     start = time.perf_counter()
     flow.train()
@@ -250,7 +253,7 @@ def fit(flow: nn.Module, data: Any, steps: int = 1000, batch_size: int = 256, lr
                 f"fit: the loss is {value} at step {step} (last finite loss "
                 f"{hist.loss[-1] if hist.loss else 'none'}); parameters kept from step {step - 1}. "
                 "Try a lower learning rate or gradient clipping.")
-        _update(loss, opt, sched, params, clip)
+        optimizer_step(loss, opt, sched, params, clip)
         hist.loss.append(value)
         if val_data is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
             from .metrics import nll
@@ -265,3 +268,8 @@ def fit(flow: nn.Module, data: Any, steps: int = 1000, batch_size: int = 256, lr
     bar.close()
     flow.eval()
     return hist
+
+
+# Former private names, kept for modules written against them (use the public ones).
+_optimizer, _update, _batches, _progress_enabled = (make_optimizer, optimizer_step, batches,
+                                                    progress_enabled)

@@ -39,7 +39,7 @@ def flowlib_only(bench, monkeypatch, one_thread):
 
 def _args(**kw) -> Namespace:
     base = dict(steps=20, steps2=10, seeds=1, seeds1=1, first_seed=0, test_samples=500, dims=[2, 4], batch3=64, repeats=1,
-                probe_steps=5)
+                probe_steps=5, peer_max_dim=64, train_dims=[2], train_steps=6)
     return Namespace(**(base | kw))
 
 
@@ -92,6 +92,9 @@ def test_every_benchmark_runs_and_the_table_is_written(flowlib_only, tmp_path):
     assert 1.0 < results["realnvp"]["summary"]["digits"]["flowlib"]["bits_per_dim"] < 8.0
     assert 1.5 < results["realnvp"]["gaussian_bits_per_dim"] < 3.5
     assert len(results["sampling"]["rows"]) == 4
+    assert all(r["max_abs_diff_naive"] < 1e-4 for r in results["sampling"]["rows"]
+               if r["model"] == "maf")
+    assert results["sampling"]["train"][0]["ms_per_step"] > 0
     d = results["distill"]["summary"]["flowlib"]
     assert d["kl_student_teacher"] > -0.05 and math.isfinite(d["kl_student_data"])
     assert math.isfinite(d["kl_data_student_median"])
