@@ -271,14 +271,21 @@ _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "me
          "source", "track", "wbr", "keygen", "frame", "basefont", "bgsound", "image"}
 
 
-def _clean_with_timeout(page: str, timeout: float) -> str | None:
-    """nh3's serialisation of ``page``, or None when it takes longer than ``timeout``."""
-    box: list[str] = []
-    worker = threading.Thread(target=lambda: box.append(_CLEANER.clean(page)), daemon=True,
-                              name="flowgrade-sanitize")
+def _clean_with_timeout(page: str, timeout: float) -> tuple[str | None, str]:
+    """(nh3's serialisation of ``page``, '') or (None, why not): slower than ``timeout``, or
+    nh3 raised."""
+    box: list[tuple[str | None, str]] = []
+
+    def work() -> None:
+        try:
+            box.append((_CLEANER.clean(page), ""))
+        except Exception as exc:  # one bad page must not stop a class's feedback
+            box.append((None, f"the sanitiser failed ({type(exc).__name__})"))
+
+    worker = threading.Thread(target=work, daemon=True, name="flowgrade-sanitize")
     worker.start()
     worker.join(timeout)
-    return box[0] if box else None
+    return box[0] if box else (None, f"sanitising it took longer than {timeout:g} s")
 
 
 def _notice(why: str) -> str:
@@ -320,17 +327,18 @@ def sanitize_html(page: str, timeout: float = SANITIZE_TIMEOUT) -> str:
     :data:`MAX_NESTING` elements, or one nh3 has not finished within ``timeout`` seconds, gets a
     notice (with no student text) instead of its body.
     """
+    # A lone surrogate (a notebook's JSON may hold "\ud800") cannot cross into nh3's Rust.
+    page = page.encode("utf-8", "replace").decode("utf-8")
     shell = _Shell()
     shell.feed(page)
     shell.close()
     if shell.max_depth > MAX_NESTING:
         body = _notice(f"its HTML nests deeper than {MAX_NESTING} elements")
     else:
-        body = _clean_with_timeout(page, timeout)
-        if body is not None:
-            body = body.strip()  # the head's line breaks come through as body text
-        else:
-            body = _notice(f"sanitising it took longer than {timeout:g} s")
+        cleaned, why = _clean_with_timeout(page, timeout)
+        # The head's line breaks come through as body text: strip them (and sanitising twice
+        # then gives the same page).
+        body = cleaned.strip() if cleaned is not None else _notice(why)
     title = html.escape(" ".join("".join(shell.title).split()))
     styles = "".join(f"<style>{sanitize_css(css)}</style>\n" for css in shell.styles)
     return (

@@ -218,6 +218,11 @@ def test_deep_nesting_and_slow_pages_are_bounded():
     assert "took longer than" in slow and "<span>" not in slow
 
 
+def test_odd_text_does_not_break_the_sanitiser():
+    doc = sanitize_html("<p>lone \ud800 surrogate, NUL \x00, bidi \u202e</p>")
+    assert "lone ? surrogate" in doc and "\x00" not in doc
+
+
 def test_title_and_body_attributes_are_escaped():
     page = ('<html><head><title>&lt;/title&gt;&lt;script&gt;x</title></head>'
             '<body class="a b&quot;onload=x c<d" data-jp-theme-name="x&quot; onload=&quot;y" '
