@@ -27,7 +27,8 @@ from html.parser import HTMLParser
 
 import nh3
 
-__all__ = ["CSP", "MAX_NESTING", "sanitize_html", "sanitize_css", "csv_field", "markdown_text", "html_text"]
+__all__ = ["CSP", "MAX_NESTING", "sanitize_html", "sanitize_css", "csv_field", "markdown_text",
+           "html_text"]
 
 #: The policy every sanitised page carries. Beyond default-src 'none': data: images and fonts
 #: (plots, the theme's icons), inline styles (nbconvert's CSS); base-uri and form-action are
@@ -264,7 +265,8 @@ _IMPLIED_CLOSE: dict[str, set[str]] = {
     "thead": {"thead", "tbody", "tfoot", "tr", "td", "th"},
     "tbody": {"thead", "tbody", "tfoot", "tr", "td", "th"},
     "tfoot": {"thead", "tbody", "tfoot", "tr", "td", "th"},
-    "option": {"option"}, "optgroup": {"option", "optgroup"}, "rt": {"rt", "rp"}, "rp": {"rt", "rp"},
+    "option": {"option"}, "optgroup": {"option", "optgroup"},
+    "rt": {"rt", "rp"}, "rp": {"rt", "rp"},
 }
 _RAW_TEXT = {"title", "textarea", "xmp", "iframe", "noembed", "noframes", "plaintext"}
 _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
@@ -289,7 +291,8 @@ def _clean_with_timeout(page: str, timeout: float) -> tuple[str | None, str]:
 
 
 def _notice(why: str) -> str:
-    return f'<p class="flowgrade-notice">This page could not be shown safely: {html.escape(why)}.</p>'
+    return ('<p class="flowgrade-notice">This page could not be shown safely: '
+            f"{html.escape(why)}.</p>")
 
 
 _CLASS_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,100}\Z")

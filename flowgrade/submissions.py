@@ -487,7 +487,7 @@ def read_notebook_bytes(path: Path, cap: int) -> bytes:
         os.close(fd)
 
 
-# ----------------------------------------------------------------------------- walking by descriptor
+# ------------------------------------------------------------------------- walking by descriptor
 # Trees written by student code can be arbitrarily deep: a path string would pass PATH_MAX and
 # one descriptor per level would pass the descriptor limit. So the walks below hold one open
 # folder, go down by name with O_NOFOLLOW and come back up through "..", checking that ".." is

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import html
 import http.server
 import io
 import re
@@ -123,7 +124,7 @@ def test_head_css_is_kept_without_any_external_reference():
     # Every url( left is a data: image; nothing else can fetch.
     assert not re.search(r"url\((?!\s*['\"]?data:image/)", head, re.I)
     assert not re.search(r"@import|expression\(|image-set\(|behavior\s*:|-moz-binding", head, re.I)
-    assert head.count("<style>") == 1 and head.count("</style>") == 1  # the '</style>' text is inert
+    assert head.count("<style>") == 1 and head.count("</style>") == 1
     assert f'url("data:image/svg+xml;base64,{SVG}")' in head
     assert f'url("data:image/png;base64,{PNG}")' in head
     assert ".jp-Notebook { padding: 4px; }" in head and "color: #222" in head
@@ -255,18 +256,18 @@ def test_markdown_text_renders_as_the_same_text():
     from markdown_it import MarkdownIt
 
     md = MarkdownIt("commonmark", {"html": True}).enable("table")  # raw HTML on, as Jupyter
-    nasty = ["a|b", "`code`", "*bold* _it_", "[x](http://evil.example)", "<script>alert(1)</script>",
-             "&amp; &#60;", "# head", "line\nbreak | x", "back\\|slash", "![i](http://evil.example/i)",
+    nasty = ["a|b", "`code`", "*bold* _it_", "[x](http://evil.example)",
+             "<script>alert(1)</script>", "&amp; &#60;", "# head", "line\nbreak | x",
+             "back\\|slash", "![i](http://evil.example/i)",
              "~~s~~ $x$"]
     for value in nasty:
-        html = md.render(f"| name | note |\n|---|---|\n| {markdown_text(value)} | ok |\n")
-        cells = re.findall(r"<td>(.*?)</td>", html, re.S)
-        assert len(cells) == 2 and cells[1] == "ok", (value, html)
-        assert "<script" not in html and "<a " not in html and "<img" not in html
-        assert "<code>" not in html and "<em>" not in html and "<strong>" not in html
+        rendered = md.render(f"| name | note |\n|---|---|\n| {markdown_text(value)} | ok |\n")
+        cells = re.findall(r"<td>(.*?)</td>", rendered, re.S)
+        assert len(cells) == 2 and cells[1] == "ok", (value, rendered)
+        assert "<script" not in rendered and "<a " not in rendered and "<img" not in rendered
+        assert "<code>" not in rendered and "<em>" not in rendered and "<strong>" not in rendered
         # What a reader sees is the value itself (line breaks as spaces).
-        import html as _html
-        assert _html.unescape(cells[0]) == value.replace("\n", " "), (value, cells[0])
+        assert html.unescape(cells[0]) == value.replace("\n", " "), (value, cells[0])
 
 
 def test_html_text():
@@ -310,9 +311,9 @@ def test_chromium_runs_no_script_and_fetches_nothing(tmp_path):
     )
     chrome_env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
 
-    def dump(html_text: str, name: str) -> str:
+    def dump(page: str, name: str) -> str:
         path = tmp_path / name
-        path.write_text(html_text)
+        path.write_text(page)
         cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                f"--user-data-dir={tmp_path / ('profile-' + name)}", "--virtual-time-budget=500",
                "--dump-dom", path.as_uri()]
