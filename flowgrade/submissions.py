@@ -604,7 +604,9 @@ def tree_size(path: Path, cap: int) -> int:
     exceeds ``cap`` and returns that total, so ``tree_size(p, cap) > cap`` is the test.
 
     Guarantees: iterative (any depth), never follows a symbolic link, one folder open at a
-    time; a missing ``path`` is 0; entries that vanish or cannot be read are not counted.
+    time, never raises for what happens in the tree: a missing ``path`` is 0, entries that
+    vanish or cannot be read are not counted, and a folder moved during the walk ends it with
+    the total counted so far.
     """
     def size(st: os.stat_result) -> int:
         return max(st.st_size, st.st_blocks * 512)
@@ -661,7 +663,12 @@ def tree_size(path: Path, cap: int) -> int:
             if not stack:
                 break
             ident, pending = stack.pop()
-            parent = _up(cur, ident)
+            try:
+                parent = _up(cur, ident)
+            except (UnsafeTreeError, OSError):
+                # Moved under the walk (it runs while student code may still write): what was
+                # counted stands; the sandbox's size-limited tmpfs is the hard cap on disk use.
+                break
             os.close(cur)
             cur = parent
     finally:
