@@ -255,7 +255,8 @@ def _ms(fn, dev) -> float:
 def _sampling_rows(args, dev) -> list[dict]:
     rows = []
     for d in args.dims:
-        libs = peers.LIBS if d <= args.peer_max_dim else ("flowlib",)
+        libs = tuple(lib for lib in peers.LIBS if lib == "flowlib" or d <= args.peer_max_dim
+                     or (lib == "zuko" and d <= args.zuko_max_dim))
         models, naive = {}, {}
         for lib in libs:
             for kind in ("maf", "iaf"):
@@ -324,10 +325,11 @@ def _train_rows(args, dev) -> list[dict]:
 
 def bench_sampling(args, dev) -> dict:
     """Benchmark 3: log_prob vs sample time of MAF and IAF as D grows (batch ``args.batch3``),
-    every library (peers up to ``args.peer_max_dim``), plus flowlib's naive D-pass loop; and the
+    every library (peers up to ``args.peer_max_dim``, zuko up to ``args.zuko_max_dim``), plus flowlib's naive D-pass loop; and the
     MAF training step at ``args.train_dims``. Libraries and operations alternate."""
     return {"setup": {"batch": args.batch3, "layers": 5, "hidden": [64, 64],
                       "repeats": args.repeats, "peer_max_dim": args.peer_max_dim,
+                      "zuko_max_dim": args.zuko_max_dim,
                       "train_steps": args.train_steps, "train_batch": 256,
                       "threads": torch.get_num_threads()},
             "rows": _sampling_rows(args, dev), "train": _train_rows(args, dev)}
@@ -372,10 +374,23 @@ def plot_sampling(result: dict, path: Path) -> None:
 
 # ---------------------------------------------------------------------------- 4. distillation
 
+def _distill_flowlib(student: peers.Model, teacher: peers.Model, steps: int,
+                     dev) -> tuple[list[float], bool]:
+    """flowlib's student trained by ``flowlib.distill`` with its default recipe (batch 256);
+    the mean step time in ms (the loop's wall time over its steps)."""
+    try:
+        hist = flowlib.distill.distill(student.module, teacher.module, steps=steps,
+                                       batch_size=256, dev=dev, progress=False)
+    except FloatingPointError:
+        return [float("nan")], True
+    return [hist.ms_per_step], False
+
+
 def bench_distill(args, dev) -> dict:
     """Benchmark 4: per seed one flowlib MAF teacher fitted to eight Gaussians (benchmark 1's
     budget), then an IAF student in every library trained for the same number of steps to
-    minimise KL(student || teacher), with the same loop."""
+    minimise KL(student || teacher): the peers with the shared loop (Adam, constant lr 1e-3),
+    flowlib with ``flowlib.distill``'s default recipe."""
     density = flowlib.data.toy("eight_gaussians")
     runs, teachers = [], []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -397,7 +412,10 @@ def bench_distill(args, dev) -> dict:
         for lib in rotate(peers.LIBS, seed):
             flowlib.seed(seed)
             student = peers.iaf(lib, 2)
-            times, diverged = _train_or_diverge(student, None, args.steps, 1e-3, dev, loss_fn)
+            if lib == "flowlib":   # flowlib's own recipe, flowlib.distill with its defaults
+                times, diverged = _distill_flowlib(student, teacher, args.steps, dev)
+            else:
+                times, diverged = _train_or_diverge(student, None, args.steps, 1e-3, dev, loss_fn)
             student.eval()
             row = {"lib": lib, "seed": seed, "ms_per_step": statistics.median(times),
                    "diverged": diverged}
@@ -419,7 +437,19 @@ def bench_distill(args, dev) -> dict:
             print(f"  distill seed {seed} {lib:9s} KL(s||t) {row['kl_student_teacher']:.3f}  "
                   f"KL(s||p) {row['kl_student_data']:.3f}  KL(p||s) {row['kl_data_student']:.3f}  "
                   f"{row['ms_per_step']:.2f} ms/step", flush=True)
-    summary = summarise(runs, "kl_student_teacher", peers.LIBS, "density")["eight_gaussians"]
+    return {"setup": {"layers": 5, "hidden": [64, 64], "batch": 256, "lr": 1e-3,
+                      "flowlib_recipe": "flowlib.distill defaults (Adam lr 3e-3, cosine decay, "
+                                        "clip 10)",
+                      "teacher_steps": args.steps, "student_steps": args.steps, "seeds": args.seeds,
+                      "test_samples": args.test_samples},
+            "teachers": teachers, "runs": runs, "summary": distill_summary(runs)}
+
+
+def distill_summary(runs: list[dict]) -> dict:
+    """Benchmark 4's summary: per library the mean and standard error over seeds of KL(s||t)
+    and KL(s||p), the median KL(p||s), ms/step and the time ratio."""
+    libs = tuple(lib for lib in peers.LIBS if any(r["lib"] == lib for r in runs))
+    summary = summarise(runs, "kl_student_teacher", libs, "density")["eight_gaussians"]
     for lib, e in summary.items():
         mine = [r for r in runs if r["lib"] == lib]
         e["kl_student_data"], e["kl_student_data_se"] = _mean_se([r["kl_student_data"] for r in mine])
@@ -427,10 +457,21 @@ def bench_distill(args, dev) -> dict:
         # mass on parts of the data, and there log s(x) (from the sequential inverse) can be
         # astronomically negative, so a mean over seeds says nothing.
         e["kl_data_student_median"] = statistics.median(r["kl_data_student"] for r in mine)
-    return {"setup": {"layers": 5, "hidden": [64, 64], "batch": 256, "lr": 1e-3,
-                      "teacher_steps": args.steps, "student_steps": args.steps, "seeds": args.seeds,
-                      "test_samples": args.test_samples},
-            "teachers": teachers, "runs": runs, "summary": summary}
+    return summary
+
+
+def merge_distill(new: dict, old: dict) -> dict:
+    """Benchmark 4 rerun for some libraries only (``--libs``): keep the other libraries' runs
+    of ``old`` for the same seeds, record where each run came from, and re-summarise."""
+    libs_new = {r["lib"] for r in new["runs"]}
+    seeds = {r["seed"] for r in new["runs"]}
+    kept = [dict(r, rerun=False) for r in old.get("runs", [])
+            if r["lib"] not in libs_new and r["seed"] in seeds]
+    runs = [dict(r, rerun=True) for r in new["runs"]] + kept
+    out = dict(new, runs=runs, summary=distill_summary(runs))
+    out["merged_from_earlier_run"] = sorted({r["lib"] for r in kept})
+    out["earlier_teachers"] = old.get("teachers", [])
+    return out
 
 
 # ---------------------------------------------------------------------------- 5. best model
@@ -624,14 +665,19 @@ def main() -> None:
     ap.add_argument("--dims", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     ap.add_argument("--batch3", type=int, default=10_000)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--peer-max-dim", type=int, default=64,
+    ap.add_argument("--peer-max-dim", type=int, default=32,
                     help="benchmark 3: the peers' sequential passes take D full passes, so they are "
-                         "timed up to this dimension only")
+                         "timed up to this dimension only ...")
+    ap.add_argument("--zuko-max-dim", type=int, default=64,
+                    help="... but zuko, the reference of the done-criterion, up to this one")
     ap.add_argument("--train-dims", type=int, nargs="+", default=[2, 64],
                     help="benchmark 3: dimensions of the MAF training-step timing")
     ap.add_argument("--train-steps", type=int, default=100)
     ap.add_argument("--probe-steps", type=int, default=100, help="benchmark 5's timing probe")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--libs", default=",".join(peers.LIBS),
+                    help="benchmark 4 only: rerun these libraries and keep the others' runs from "
+                         "the earlier results (same seeds)")
     args = ap.parse_args()
     chosen = [b.strip() for b in args.only.split(",") if b.strip()]
     unknown = set(chosen) - set(BENCHMARKS)
@@ -653,6 +699,16 @@ def main() -> None:
             if "maf" not in results:
                 ap.error("benchmark 'best' needs benchmark 1's timings: run --only maf,best")
             results[name] = bench_best(args, dev, results["maf"])
+        elif name == "distill" and set(args.libs.split(",")) != set(peers.LIBS):
+            earlier = out / f"{name}_{tag}.json"
+            all_libs = peers.LIBS
+            peers.LIBS = tuple(lib for lib in all_libs if lib in args.libs.split(","))
+            try:
+                fresh = bench_distill(args, dev)
+            finally:
+                peers.LIBS = all_libs
+            results[name] = merge_distill(fresh, json.loads(earlier.read_text())
+                                          if earlier.exists() else {})
         else:
             fn = {"maf": bench_maf, "realnvp": bench_realnvp, "sampling": bench_sampling,
                   "distill": bench_distill}[name]

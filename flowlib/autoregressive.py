@@ -15,9 +15,13 @@ et al., 2016): ``MaskedAutoregressive(...).inv``, the *same* layer with its dire
 ==========  ==========================  ===========================
 layer       ``inverse`` x -> z          ``forward`` z -> x
 ==========  ==========================  ===========================
-MAF         1 MADE pass (parallel)      D MADE passes (sequential)
-IAF (.inv)  D MADE passes (sequential)  1 MADE pass (parallel)
+MAF         1 MADE pass (parallel)      D steps (sequential)
+IAF (.inv)  D steps (sequential)        1 MADE pass (parallel)
 ==========  ==========================  ===========================
+
+The D sequential steps cost one MADE pass of arithmetic in all when no gradient is recorded (every
+hidden unit computed once, :mod:`flowlib.sequential`), D full passes otherwise. The layer takes
+any elementwise map of :mod:`flowlib.maps` (affine by default).
 """
 
 from __future__ import annotations
@@ -205,8 +209,7 @@ class MADE(nn.Module):
         return out
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        if x.dim() != 2 or x.shape[1] != self.features:
-            raise ValueError(f"MADE: expected input [B, {self.features}], got {tuple(x.shape)}")
+        check_input(x, dims=(self.features,), ndim=(2,), name="MADE", finite=False)
         if self.context_features:
             if context is None or context.shape != (x.shape[0], self.context_features):
                 got = None if context is None else tuple(context.shape)

@@ -82,7 +82,7 @@ def test_made_one_feature_and_errors():
     out = made(x)
     assert out.shape == (5, 2, 1)
     assert torch.allclose(out, out[:1].expand_as(out)), "with D=1 the output sees no input"
-    with pytest.raises(ValueError, match="expected input"):
+    with pytest.raises(ValueError, match="expected shape"):
         MADE(3)(torch.zeros(2, 4))
     with pytest.raises(ValueError, match="permutation"):
         made_order(3, [0, 0, 1])

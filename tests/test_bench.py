@@ -39,7 +39,7 @@ def flowlib_only(bench, monkeypatch, one_thread):
 
 def _args(**kw) -> Namespace:
     base = dict(steps=20, steps2=10, seeds=1, seeds1=1, first_seed=0, test_samples=500, dims=[2, 4], batch3=64, repeats=1,
-                probe_steps=5, peer_max_dim=64, train_dims=[2], train_steps=6)
+                probe_steps=5, peer_max_dim=64, zuko_max_dim=64, train_dims=[2], train_steps=6)
     return Namespace(**(base | kw))
 
 
