@@ -72,7 +72,8 @@ def cell_source(url: str, version: str) -> str:
         "\n"
         'if importlib.util.find_spec("flowlib") is None:\n'
         f'    %pip install --quiet "{requirement(url, version)}"\n'
-        "    importlib.invalidate_caches()"
+        "    importlib.invalidate_caches()\n"
+        "    import flowlib  # fails here, under pip's message, if the install did not work"
     )
 
 
