@@ -343,16 +343,22 @@ def test_install_cell_is_hidden_and_the_title_stays(book: Path) -> None:
 def test_exercise_link_still_downloads_the_student_notebook(book: Path) -> None:
     checked = 0
     for chapter in CHAPTERS:
+        linked = set(re.findall(r"\.\./exercises/([\w-]+)/([\w-]+\.ipynb)",
+                                chapter.read_text(encoding="utf8")))
         page = (book / "book" / f"{chapter.stem}.html").read_text(encoding="utf8")
+        downloads = set()
         for href in re.findall(r'href="(\.\./_downloads/[^"]+\.ipynb)"', page):
             target = (book / "book" / href).resolve()
             assert target.is_file(), href
             name = Path(href).name
             student = ROOT / "exercises" / Path(name).stem / name
             assert target.read_bytes() == student.read_bytes(), f"{href} is not the student's"
-            checked += 1
+            downloads.add(name)
+        assert {name for _, name in linked} <= downloads, \
+            f"{chapter.name}: an exercise link is not a download any more"
         assert "solutions/" not in page
-    assert checked >= len(CHAPTERS), "a chapter lost its exercise download"
+        checked += len(linked)
+    assert checked, "no chapter links to its exercise: the check checked nothing"
 
 
 # --- the README --------------------------------------------------------------------------------
