@@ -281,6 +281,8 @@ class Submission:
     digest: str = ""
     skipped: str = ""   # what the safe copy left out, for the instructor
     problem: str = ""   # why it cannot be graded at all
+    submitted_at: str = ""  # ISO UTC, from nbgrader's timestamp.txt (flowgrade.late)
+    timestamp_note: str = ""
 
     @property
     def key(self) -> str:
@@ -306,6 +308,7 @@ class Outcome:
     graded_at: str = ""
     log: str = ""
     review: dict | None = None
+    submitted_at: str = ""  # ISO UTC from timestamp.txt ('' if none); flowgrade.late
 
     @property
     def key(self) -> str:
@@ -836,7 +839,9 @@ def write_gradebook(gb, out: Outcome) -> None:
         pass
     if out.status == "failed":
         return
-    gb.add_submission(out.assignment, out.student)
+    from .late import gradebook_time
+
+    gb.add_submission(out.assignment, out.student, timestamp=gradebook_time(out.submitted_at))
     zeroed = set(out.zeroed)
     for nb_name, cells in out.cells.items():
         for gid, (score, _) in cells.items():
@@ -958,6 +963,10 @@ def _autograde(course: Course, assignments, students, limits: Limits, force: boo
             todo.append(sub)
             continue
         sub.digest = submission_digest(sub, cache.digest(sub.assignment) if known else "")
+        from .late import course_timezone, read_timestamp
+
+        sub.submitted_at, sub.timestamp_note = read_timestamp(sub.path,
+                                                              course_timezone(course.root))
         last = status.get(sub.key)
         same = last and last.get("hash") == sub.digest and not force and \
             not (retry_failed and last.get("status") == "failed")
@@ -1011,6 +1020,10 @@ def _autograde(course: Course, assignments, students, limits: Limits, force: boo
             try:
                 for fut in cf.as_completed(futures):
                     out, wdir = fut.result()
+                    sub = futures[fut]
+                    out.submitted_at = sub.submitted_at
+                    if sub.timestamp_note:
+                        out.notes.append(sub.timestamp_note)
                     merge(course, gb, out, wdir, status)
                     summary.results.append(out)
                     done += 1
@@ -1093,14 +1106,21 @@ def export(course: Course) -> list[dict]:
     """grading/grades.csv: one row per student x assignment. status: graded, failed (0, the
     reason in note), missing (nothing submitted) or ungraded (submitted, not graded yet).
     Text fields are escaped against spreadsheet formulas (flowgrade.sanitize.csv_field)."""
+    from . import late, lms
     from .sanitize import csv_field
 
     course.prepare()
+    try:  # the late policy (grading_policy.json) and the LMS roster: the instructor's files
+        policy = late.load_policy(course.root)
+        lms.read_roster(course.grading / lms.ROSTER_FILE)
+    except (late.PolicyError, lms.RosterError) as exc:
+        raise GradingError(str(exc)) from None
     status = load_status(course)
     subs = {s.key: s for s in find_submissions(course)[0]}
     assignments = course.assignments()
     max_scores = {}
     with course.gradebook() as gb:
+        late.sync_gradebook(gb, policy)  # nbgrader's duedate and extension fields
         for a in gb.assignments:
             max_scores[a.name] = float(a.max_score)
         gb_students = {s.id for s in gb.students}
@@ -1125,9 +1145,10 @@ def export(course: Course) -> list[dict]:
                 if out.max_score is not None:
                     row["max_score"] = out.max_score
             rows.append(row)
+    late.apply(policy, rows, status)  # submitted_at, days_late, late_penalty; score after it
     tmp = course.grades_csv.with_suffix(".tmp")
     with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS + late.FIELDS)
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "student": csv_field(row["student"]),
@@ -1137,8 +1158,13 @@ def export(course: Course) -> list[dict]:
                              "max_score": "" if row["max_score"] is None
                              else f"{row['max_score']:g}",
                              "autograde_score": "" if row["autograde_score"] is None
-                             else f"{row['autograde_score']:g}"})
+                             else f"{row['autograde_score']:g}",
+                             "submitted_at": csv_field(row["submitted_at"]),
+                             "late_penalty": "" if row["late_penalty"] == ""
+                             else f"{row['late_penalty']:g}"})
     tmp.replace(course.grades_csv)
+    for warning in lms.write(course.grading, rows)[1]:  # canvas.csv, moodle.csv
+        print(f"export: {warning}", file=sys.stderr)
     return rows
 
 

@@ -51,6 +51,12 @@ def configure(job: dict):
 
 def main(argv: list[str]) -> int:
     job = json.loads(Path(argv[1]).read_text())
+    # the grader holds copies of what the student's code returns: bounded, so that one
+    # submission cannot take the machine's memory from the others
+    import resource
+
+    cap = max(8192, 2 * int(job.get("memory_mb", 4096))) * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     t0 = time.perf_counter()
     logging.basicConfig(filename=job["log"], level=logging.INFO,
                         format="%(asctime)s [%(levelname)s] %(message)s")

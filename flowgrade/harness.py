@@ -42,7 +42,7 @@ import torch
 
 from .rpc import AccessDenied, Endpoint, RemoteError
 from .sandbox import Kernel, SandboxLimits, start_kernel
-from .wire import WireError, read_frame
+from .wire import Limits, WireError, read_frame
 
 __all__ = ["Harness", "HarnessEndpoint", "RemoteCall", "TestResult", "GradientMismatch"]
 
@@ -51,6 +51,12 @@ __all__ = ["Harness", "HarnessEndpoint", "RemoteCall", "TestResult", "GradientMi
 _MODULE_READERS = {"parameters", "named_parameters", "buffers", "named_buffers", "children",
                    "named_children", "modules", "named_modules", "state_dict", "forward",
                    "training", "extra_repr"}
+
+
+def _course_class(obj: Any) -> bool:
+    """An instance of a class the course's own cells define (run as ``__main__``): its single
+    underscore helpers are part of what the assignment hands the student."""
+    return not isinstance(obj, type) and type(obj).__module__ == "__main__"
 
 
 class GradientMismatch(AssertionError):
@@ -83,7 +89,8 @@ class HarnessEndpoint(Endpoint):
     side = "h"
 
     def __init__(self, rfd: int, wfd: int):
-        super().__init__(rfd, wfd)
+        # what one reply from the kernel may carry (the grader's memory is bounded too)
+        super().__init__(rfd, wfd, Limits(payload_bytes=256 * 2**20))
         self.grad_exports = _LRU(100_000)   # import id -> harness tensor sent with grad
         self.callbacks = _LRU(100_000)      # callback id -> leaves made of the kernel's tensors
         self._imp_ids = itertools.count(1)
@@ -94,6 +101,12 @@ class HarnessEndpoint(Endpoint):
         self.generator = torch.Generator().manual_seed(20261201)  # finite-difference directions
 
     # ------------------------------------------------------------------ policy
+    def class_name(self, obj: Any) -> str:
+        # an instance of a course class (Affine, ...): the kernel's proxy answers isinstance
+        # with the kernel's class of that name, defined by the same read-only cell
+        return type(obj).__qualname__ if _course_class(obj) and \
+            type(obj).__qualname__.isidentifier() else ""
+
     def allow(self, op: str, obj: Any, name: str | None = None) -> None:
         if op == "call":
             if not callable(obj):
@@ -102,7 +115,8 @@ class HarnessEndpoint(Endpoint):
         if op == "op":
             return
         if op == "getattr":
-            if name is None or name.startswith("_"):
+            if name is None or name.startswith("__") or (
+                    name.startswith("_") and not _course_class(obj)):
                 raise AccessDenied("private attribute")
             if isinstance(obj, (types.ModuleType, torch.Tensor)):
                 raise AccessDenied("attributes of this object are not shared")
@@ -174,8 +188,9 @@ class HarnessEndpoint(Endpoint):
             self._serving.pop()
 
     def describe(self, exc: BaseException) -> dict:
-        # the kernel learns that its callback failed and why, in the harness's words only
-        return {"type": type(exc).__name__, "message": str(exc)[:300]}
+        # the kernel learns that its callback failed and the exception's type, never its text
+        # (a message can quote a hidden test's values or code)
+        return {"type": type(exc).__name__, "message": ""}
 
     def handle(self, op: str, args: list) -> Any:
         if op == "cb_backward" and len(args) == 4:
@@ -224,6 +239,7 @@ class HarnessEndpoint(Endpoint):
         rng = torch.get_rng_state().numpy().tobytes()
         result = self.request("call", ref, args, kwargs, rng)
         frame = self._last_frame
+        _advance_generators(args, kwargs)
         if not (torch.is_grad_enabled() and frame.imports):
             return result
         outputs = [t for t in frame.outputs]
@@ -280,6 +296,15 @@ class RemoteCall(torch.autograd.Function):
         return (None, *got, *([None] * len(info.outputs)))
 
 
+def _advance_generators(args: tuple, kwargs: dict) -> None:
+    """The kernel drew from copies: the harness's generators move on by one draw of their own
+    (the kernel's state never flows back, so it cannot choose the tests' next inputs)."""
+    torch.randint(2**62, (1,))
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Generator):
+            torch.randint(2**62, (1,), generator=value)
+
+
 def _check_by_finite_differences(info: _CallInfo, v: list, grads: list) -> None:
     explicit = [(t, g) for (_, t, is_arg), g in zip(info.imports, grads) if is_arg]
     if not explicit:
@@ -295,12 +320,15 @@ def _check_by_finite_differences(info: _CallInfo, v: list, grads: list) -> None:
     eps = (1e-6 if double else 1e-2) * scale
 
     def at(sign: float) -> list:
-        swap = {id(t): (t.detach() + sign * eps * u) for (t, _), u in zip(explicit, dirs)}
+        # the shifted inputs require grad like the first call's: the kernel cannot tell a
+        # finite-difference call from a test's own
+        swap = {id(t): (t.detach() + sign * eps * u).requires_grad_(True)
+                for (t, _), u in zip(explicit, dirs)}
         args = _replace(info.args, swap)
         kwargs = _replace(info.kwargs, swap)
-        with torch.no_grad():
+        with torch.enable_grad():
             ep.request("call", info.ref, args, kwargs, torch.get_rng_state().numpy().tobytes())
-        return ep._last_frame.outputs
+        return [t.detach() for t in ep._last_frame.outputs]
 
     plus, minus = at(1.0), at(-1.0)
     if len(plus) != len(info.outputs) or len(minus) != len(info.outputs):
@@ -318,7 +346,8 @@ def _check_by_finite_differences(info: _CallInfo, v: list, grads: list) -> None:
                                                  if o.numel() else 1.0)
     claimed = sum(float((g.double() * u.double()).sum()) for (_, g), u in zip(explicit, dirs))
     rtol, atol = (1e-4, 1e-7 * size) if double else (5e-2, 1e-3 * size)
-    if not math.isfinite(claimed) or abs(claimed - fd) > rtol * (abs(claimed) + abs(fd)) + atol:
+    if not (math.isfinite(claimed) and math.isfinite(fd)) \
+            or abs(claimed - fd) > rtol * (abs(claimed) + abs(fd)) + atol:
         raise GradientMismatch(
             "the gradient through your function does not match finite differences of its values "
             "(a .detach(), .item(), .numpy() or an in-place write cuts autograd)")
@@ -338,6 +367,8 @@ def _replace(value: Any, swap: dict) -> Any:
 
 # ============================================================================ notebook runner
 
+_BUILTIN_NAMES = frozenset(dir(builtins))
+
 @dataclass
 class TestResult:
     ok: bool
@@ -350,8 +381,12 @@ class Harness:
     """One submission: a sandboxed kernel plus the harness namespace the tests run in."""
 
     def __init__(self, slot: int = 0, limits: SandboxLimits = SandboxLimits(),
-                 cell_timeout: float = 60.0, start_timeout: float = 180.0):
+                 cell_timeout: float = 60.0, start_timeout: float = 180.0,
+                 student_names: set[str] | None = None):
+        """``student_names``: the only names a student cell may bind in the tests' namespace
+        (the functions the assignment asks for); None: any name not bound by the course."""
         self.cell_timeout = cell_timeout
+        self.student_names = student_names
         self.kernel: Kernel | None = start_kernel(slot, limits)
         self.ep = HarnessEndpoint(self.kernel.fd, self.kernel.fd)
         self.dead = ""
@@ -417,7 +452,9 @@ class Harness:
         for entry in out.get("names", []) if isinstance(out.get("names"), list) else []:
             if (not isinstance(entry, list) or len(entry) != 2 or type(entry[0]) is not str
                     or not entry[0].isidentifier() or entry[0] in self.owned
-                    or entry[1] == "module"):
+                    or entry[1] == "module" or entry[0] in _BUILTIN_NAMES
+                    or (self.student_names is not None
+                        and entry[0] not in self.student_names)):
                 continue
             try:
                 self.ns[entry[0]] = self._kernel("lookup", entry[0])
@@ -435,6 +472,15 @@ class Harness:
 
     def _exec(self, source: str, name: str) -> TestResult:
         out = io.StringIO()
+        before = {k: id(v) for k, v in self.ns.items()}
+        try:
+            return self._exec_checked(source, name, out)
+        finally:
+            # what a test cell binds (a helper a later hidden test uses) is the course's too
+            self.owned |= {k for k, v in self.ns.items() if before.get(k) != id(v)
+                           and (self.student_names is None or k not in self.student_names)}
+
+    def _exec_checked(self, source: str, name: str, out: io.StringIO) -> TestResult:
         try:
             code = compile(source, f"<{name}>", "exec")
             with contextlib.redirect_stdout(out), self._deadline():

@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from .rpc import Endpoint
-from .wire import WireError
+from .rpc import Endpoint, Proxy
+from .wire import Ref, WireError
 
 __all__ = ["KernelEndpoint", "main"]
 
@@ -51,6 +51,23 @@ class _LRU(collections.OrderedDict):
         self.move_to_end(key)
         while len(self) > self.size:
             self.popitem(last=False)
+
+
+class CourseProxy(Proxy):
+    """A proxy of an instance of a course class: ``isinstance(obj, Affine)`` holds as it would
+    in one process (``__class__`` is the kernel's class of that name, from the same read-only
+    cell)."""
+
+    __slots__ = ()
+
+    @property
+    def __class__(self):  # noqa: D401 - isinstance() consults it
+        ref = object.__getattribute__(self, "_fg_ref")
+        ep = object.__getattribute__(self, "_fg_endpoint")
+        klass = ep.shell.user_ns.get(ref.cls) if ep.shell is not None else None
+        if isinstance(klass, type) and klass.__module__ == "__main__":
+            return klass
+        return CourseProxy
 
 
 class HarnessParameter(torch.nn.Parameter):
@@ -106,6 +123,9 @@ class KernelEndpoint(Endpoint):
         self._sent_stack: list[list[torch.Tensor]] = []
         self._encoded: list[torch.Tensor] | None = None
         self._cb: Any = None
+
+    def make_proxy(self, ref: Ref) -> Proxy:
+        return CourseProxy(self, ref) if ref.cls else Proxy(self, ref)
 
     # ------------------------------------------------------------------ autograd link
     def tensor_meta(self, t: torch.Tensor) -> dict:

@@ -112,7 +112,14 @@ class Endpoint:
             self.exports[n] = obj
             self._export_ids[key] = n
         kind = "class" if isinstance(obj, type) else "function" if callable(obj) else "object"
-        return Ref(self.side, n, kind)
+        return Ref(self.side, n, kind, self.class_name(obj))
+
+    def class_name(self, obj: Any) -> str:
+        """The name under which the peer knows ``obj``'s class ("": none)."""
+        return ""
+
+    def make_proxy(self, ref: Ref) -> "Proxy":
+        return Proxy(self, ref)
 
     def resolve(self, ref: Ref) -> Any:
         if ref.owner == self.side:
@@ -122,11 +129,11 @@ class Endpoint:
                 raise WireError("reference to an unknown object") from None
         proxy = self._proxies.get(ref.id)
         if proxy is None:
-            proxy = self._proxies[ref.id] = Proxy(self, ref)
+            proxy = self._proxies[ref.id] = self.make_proxy(ref)
         return proxy
 
     def as_ref(self, value: Any) -> Ref | None:
-        if type(value) is Proxy and object.__getattribute__(value, "_fg_endpoint") is self:
+        if isinstance(value, Proxy) and object.__getattribute__(value, "_fg_endpoint") is self:
             return object.__getattribute__(value, "_fg_ref")
         return None
 
@@ -243,7 +250,7 @@ class Endpoint:
     def resolve_own(self, value: Any) -> Any:
         """The peer names one of our objects: it arrives decoded as the object itself; a proxy
         (the peer's own object) or plain data cannot be the target of a request."""
-        if type(value) is Proxy:
+        if isinstance(value, Proxy):
             raise WireError("a request must name an object of this side")
         if not any(obj is value for obj in (self.exports.get(k) for k in self._target_ids(value))):
             raise WireError("not an object handed over")

@@ -58,6 +58,7 @@ class Ref:
     owner: str
     id: int
     kind: str = "object"  # "function", "class", "object": how the proxy presents itself
+    cls: str = ""         # the name of the course class it is an instance of ("" if none)
 
 
 # ----------------------------------------------------------------------------- framing
@@ -138,11 +139,11 @@ class Encoder:
         if type(value) in (bytes, bytearray):
             return ["y", self._buffer(bytes(value))]
         if type(value) is Ref:
-            return ["R", value.owner, value.id, value.kind]
+            return ["R", value.owner, value.id, value.kind, value.cls]
         if self.as_ref is not None:
             ref = self.as_ref(value)
             if ref is not None:
-                return ["R", ref.owner, ref.id, ref.kind]
+                return ["R", ref.owner, ref.id, ref.kind, ref.cls]
         if isinstance(value, torch.Tensor) and type(value) in _TENSOR_TYPES:
             return self._tensor(value)
         if type(value) is np.ndarray and value.dtype.name in NUMPY_DTYPES:
@@ -168,7 +169,7 @@ class Encoder:
             return ["d", [[self.encode(k, depth + 1), self.encode(v, depth + 1)]
                           for k, v in value.items()]]
         ref = self.export(value)
-        return ["R", ref.owner, ref.id, ref.kind]
+        return ["R", ref.owner, ref.id, ref.kind, ref.cls]
 
     def _tensor(self, t: torch.Tensor) -> list:
         dtype = str(t.dtype).removeprefix("torch.")
@@ -282,9 +283,10 @@ class Decoder:
             except (RuntimeError, ValueError):
                 raise WireError("bad generator state") from None
             return gen
-        if tag == "R" and len(args) == 3 and args[0] in ("h", "k") and type(args[1]) is int \
-                and args[2] in ("function", "class", "object"):
-            return self.resolve(Ref(args[0], args[1], args[2]))
+        if tag == "R" and len(args) == 4 and args[0] in ("h", "k") and type(args[1]) is int \
+                and args[2] in ("function", "class", "object") and type(args[3]) is str \
+                and (args[3] == "" or args[3].isidentifier()):
+            return self.resolve(Ref(args[0], args[1], args[2], args[3]))
         raise WireError(f"unknown or malformed tag {tag!r}")
 
     def _device(self, name: str) -> str:

@@ -62,7 +62,8 @@ def test_anything_else_travels_as_a_reference():
     (["T", {"dtype": "float64", "shape": [1], "buf": 3}], [b"\0" * 8]),   # no such buffer
     (["N", {"dtype": "O", "shape": [1], "buf": 0}], [b"\0" * 8]),
     (["d", [[["l", []], ["n"]]]], []),                                   # unhashable key
-    (["R", "x", 1, "object"], []),
+    (["R", "x", 1, "object", ""], []),
+    (["R", "h", 1, "object", "not a name!"], []),
     (["f", "1" * 100], []),
     ("not a list", []),
 ])
@@ -206,3 +207,95 @@ def test_a_test_that_runs_past_its_time_fails_and_stops_the_kernel():
         assert not later.ok and "not run" in later.message
     finally:
         h.close()
+
+
+# ----------------------------------------------------------------------------- red-team cases
+
+@pytest.fixture(scope="module")
+def course_harness():
+    h = Harness(cell_timeout=60, student_names={"chain", "square", "probe", "draw"})
+    h.run_instructor_cell('''import torch
+torch.set_default_dtype(torch.float64)
+class Affine:
+    def __init__(self, a):
+        self.a = a
+    def _scale(self):
+        return self.a
+    def forward(self, z):
+        return self.a * z
+''')
+    out = h.run_student_cell('''
+import torch
+abs = lambda v: 0.0          # shadowing builtins must not reach the tests
+range = lambda *a: []
+kl_helper = lambda: 0.0      # not a name the assignment asks for
+def chain(z, layers):
+    for layer in layers:
+        assert isinstance(layer, Affine), type(layer)
+        z = layer.forward(z) * layer._scale() / layer.a
+    return z
+class _Forge(torch.autograd.Function):
+    calls = 0
+    @staticmethod
+    def forward(ctx, x):
+        _Forge.calls += 1
+        if _Forge.calls > 1:      # every call after the first: poison finite differences
+            return x * float("nan")
+        return torch.zeros_like(x)
+    @staticmethod
+    def backward(ctx, g):
+        return 2 * g
+def square(x):
+    return _Forge.apply(x)
+def probe(fn):
+    try:
+        fn("not a tensor")
+    except Exception as exc:
+        return str(exc)
+def draw():
+    return torch.rand(3)
+''')
+    assert out["ok"], out
+    yield h
+    h.close()
+
+
+def test_student_cells_cannot_shadow_what_the_tests_use(course_harness):
+    r = course_harness.run_test_cell("assert abs(-2) == 2 and list(range(2)) == [0, 1]\n"
+                                     "assert 'kl_helper' not in globals()", "builtins")
+    assert r.ok, r
+
+
+def test_a_test_helper_cannot_be_replaced_by_a_later_student_cell(course_harness):
+    assert course_harness.run_test_cell("def check():\n    return 1", "define").ok
+    course_harness.student_names.add("check")
+    course_harness.run_student_cell("def check():\n    return 0")
+    assert course_harness.run_test_cell("assert check() == 1", "use").ok
+
+
+def test_course_classes_behave_as_in_one_process(course_harness):
+    r = course_harness.run_test_cell(
+        "z = torch.ones(3)\nassert torch.equal(chain(z, [Affine(2.0), Affine(3.0)]), 6 * z)",
+        "isinstance")
+    assert r.ok, r
+
+
+def test_poisoned_finite_differences_fail_the_gradient(course_harness):
+    r = course_harness.run_test_cell(
+        "x = torch.randn(3, requires_grad=True)\nsquare(x).sum().backward()", "forge")
+    assert not r.ok and r.error == "GradientMismatch", r
+
+
+def test_harness_errors_reach_the_kernel_without_their_text(course_harness):
+    r = course_harness.run_test_cell(
+        "secret = torch.tensor([1.0])\n"
+        "msg = probe(lambda v: torch.asinh(v) + secret)\n"
+        "assert 'asinh' not in msg and 'secret' not in msg, msg", "leak")
+    assert r.ok, r
+
+
+def test_randomness_moves_on_between_calls(course_harness):
+    r = course_harness.run_test_cell(
+        "torch.manual_seed(0)\na, b = draw(), draw()\nassert not torch.equal(a, b)\n"
+        "torch.manual_seed(0)\nassert torch.equal(draw(), a)", "rng")
+    assert r.ok, r
