@@ -619,8 +619,11 @@ def table(results: dict) -> str:
         r = results["distill"]
         s = r["setup"]
         t_kl = statistics.mean(t["kl_data_to_teacher"] for t in r["teachers"])
+        recipe = s.get("flowlib_recipe")
+        how = (f"peers: the shared loop, Adam lr {s['lr']} constant; flowlib: {recipe}" if recipe
+               else f"Adam lr {s['lr']}")
         lines += [f"### 4. Distillation on eight Gaussians (IAF students, {s['layers']} layers, MADE "
-                  f"{s['hidden']}, {s['student_steps']} steps, batch {s['batch']}, Adam lr {s['lr']}, "
+                  f"{s['hidden']}, {s['student_steps']} steps, batch {s['batch']}, {how}, "
                   f"{s['seeds']} seeds; one flowlib MAF teacher per seed, KL(p‖t) = {t_kl:.3f})", "",
                   "| library | KL(s‖t), the objective | KL(s‖p), to the true density | ms/step | "
                   "flowlib time / its time |",
@@ -629,6 +632,11 @@ def table(results: dict) -> str:
             lines.append(f"| {lib} | {_fmt(e['kl_student_teacher'], e['kl_student_teacher_se'])} | "
                          f"{_fmt(e['kl_student_data'], e['kl_student_data_se'])} | "
                          f"{e['ms_per_step']:.2f} | {_ratio_cell(e)} |")
+        if r.get("merged_from_earlier_run"):
+            lines += ["", f"Rerun for {', '.join(sorted({x['lib'] for x in r['runs'] if x.get('rerun')}))} "
+                      f"only; the runs of {', '.join(r['merged_from_earlier_run'])} (same seeds, "
+                      "same teachers) are kept from the earlier run, so the time ratios compare "
+                      "two runs, not alternating ones."]
         lines.append("")
     if "best" in results:
         r = results["best"]

@@ -116,3 +116,18 @@ def test_main_rejects_unknown_benchmarks(bench, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         bench.main()
     assert "nope" in capsys.readouterr().err
+
+
+def test_distill_rerun_of_one_library_keeps_the_others(bench):
+    row = dict(density="eight_gaussians", ms_per_step=2.0, diverged=False, kl_student_data=1.0,
+               kl_data_student=0.5)
+    old = {"runs": [dict(row, lib=lib, seed=s, kl_student_teacher=0.4)
+                    for lib in ("flowlib", "zuko") for s in (0, 1, 7)], "teachers": []}
+    new = {"runs": [dict(row, lib="flowlib", seed=s, kl_student_teacher=0.2) for s in (0, 1)],
+           "teachers": [], "setup": {}}
+    merged = bench.merge_distill(new, old)
+    assert merged["merged_from_earlier_run"] == ["zuko"]
+    assert {(r["lib"], r["seed"]) for r in merged["runs"]} == {("flowlib", 0), ("flowlib", 1),
+                                                             ("zuko", 0), ("zuko", 1)}
+    assert merged["summary"]["flowlib"]["kl_student_teacher"] == pytest.approx(0.2)
+    assert merged["summary"]["zuko"]["kl_student_teacher"] == pytest.approx(0.4)

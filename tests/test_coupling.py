@@ -219,7 +219,7 @@ def test_wrong_shapes_are_named(layer, bad):
 
 
 def test_float32_gradients_flow_to_every_conditioner_parameter():
-    flow = flowlib.models.realnvp(4, couplings=2)
+    flow = flowlib.models.realnvp(4, layers=2)
     loss = -flow.log_prob(torch.randn(16, 4)).mean()
     loss.backward()
     last = [m.conditioner.net[-1].weight for m in flow.modules() if isinstance(m, AffineCoupling)]

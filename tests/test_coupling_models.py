@@ -25,14 +25,14 @@ def _fit(flow, name, steps):
 
 
 def test_realnvp_learns_two_moons():
-    before, after = _fit(realnvp(2, couplings=6), "two_moons", 300)
+    before, after = _fit(realnvp(2, layers=6), "two_moons", 300)
     assert before > 1.0 and after < 0.2, (before, after)
 
 
 def test_nice_needs_its_rescale_to_learn_two_moons():
-    _, with_scale = _fit(nice(2, couplings=4), "two_moons", 300)
+    _, with_scale = _fit(nice(2, layers=4), "two_moons", 300)
     flowlib.seed(0)
-    _, volume_preserving = _fit(nice(2, couplings=4, rescale=False), "two_moons", 300)
+    _, volume_preserving = _fit(nice(2, layers=4, rescale=False), "two_moons", 300)
     assert with_scale < 0.45, with_scale
     # unit determinant everywhere: the flow cannot shrink the base to the moons' small area
     assert volume_preserving > with_scale + 0.5, (with_scale, volume_preserving)
