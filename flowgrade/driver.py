@@ -652,6 +652,32 @@ class ForkServer:
         self.log.close()
 
 
+class ZygotePool:
+    """One warm kernel factory per grading slot (flowgrade.sandbox.Zygote), restarted when a
+    submission killed its own; thread-safe per slot (a slot grades one submission at a time)."""
+
+    def __init__(self, folder: Path, limits: Limits):
+        from .sandbox import SandboxLimits
+
+        self.folder = folder
+        self.limits = SandboxLimits(memory_mb=limits.memory_mb,
+                                    cpu_seconds=int(limits.timeout) + 30)
+        self.zygotes: dict[int, object] = {}
+
+    def ensure(self, slot: int) -> None:
+        from .sandbox import Zygote
+
+        z = self.zygotes.get(slot)
+        if z is None or not z.alive():
+            if z is not None:
+                z.close()
+            self.zygotes[slot] = Zygote(self.folder, slot, self.limits)
+
+    def close(self) -> None:
+        for z in self.zygotes.values():
+            z.close()
+
+
 def read_scores(db_path: Path, student: str, assignment: str) -> dict | None:
     """{notebook: {grade_id: [score, max_score]}} from a private gradebook (None if absent)."""
     if not db_path.exists():
@@ -754,6 +780,9 @@ def grade_submission(course: Course, sub: Submission, limits: Limits, cache: Ass
 
     work, job, env = prepare_workdir(course, sub, repaired, limits, template)
     env["FLOWGRADE_SLOT"] = str(slot)
+    zygotes = course.work / "zygotes"
+    if (zygotes / f"slot-{slot}.sock").exists():
+        env["FLOWGRADE_ZYGOTES"] = str(zygotes)
     if server is not None:
         code, stopped = server.run(work, job, env, limits)
     else:
@@ -1000,6 +1029,8 @@ def _autograde(course: Course, assignments, students, limits: Limits, force: boo
                            reason="interrupted before grading"), None
         slot = slots.get()
         try:
+            if zygotes is not None:
+                zygotes.ensure(slot)
             return grade_submission(course, sub, limits, cache, template, server, slot)
         except Exception as exc:  # a bug or a setup problem: that submission fails, not the run
             out = Outcome(sub.student, sub.assignment, sub.digest,
@@ -1011,6 +1042,9 @@ def _autograde(course: Course, assignments, students, limits: Limits, force: boo
     server = None
     if todo and os.environ.get("FLOWS_FORKSERVER", "1") != "0":
         server = ForkServer(course, server_env(course))
+    zygotes = None
+    if todo and os.environ.get("FLOWS_ZYGOTES", "1") != "0" and shutil.which("bwrap"):
+        zygotes = ZygotePool(course.work / "zygotes", limits)
     bar = tqdm(total=len(todo), desc="autograde", unit="sub", file=sys.stderr,
                disable=quiet or not todo, dynamic_ncols=True)
     done = 0
@@ -1042,6 +1076,8 @@ def _autograde(course: Course, assignments, students, limits: Limits, force: boo
         bar.close()
         if server is not None:
             server.close()
+        if zygotes is not None:
+            zygotes.close()
     summary.seconds = round(time.perf_counter() - t0, 2)
     shutil.rmtree(course.work, ignore_errors=True)
     return summary
