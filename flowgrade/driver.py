@@ -260,6 +260,8 @@ class Limits:
     memory_mb: int = 4096  # address space of the grader process and of the kernel
     file_mb: int = 64  # largest file the kernel may write
     disk_mb: int = MAX_WORKDIR_MB  # everything written in the private folder
+    executor: str = "local"  # local | dask (flowgrade.executors)
+    scheduler: str = ""  # the Dask scheduler's address (executor dask)
 
     def cell_timeout_for(self, assignment: str) -> int:
         return int(self.cell_timeouts.get(assignment, self.cell_timeout))
@@ -1007,6 +1009,15 @@ def _autograde(course: Course, assignments, students, limits: Limits, force: boo
         raise GradingError(f"assignment(s) {', '.join(sorted(needed - names))} not in the "
                            "gradebook: run `python -m flowgrade generate` first")
     template = make_template(course) if todo else None
+    server = None
+    if todo and limits.executor == "dask":  # the jobs run on a Dask cluster (flowgrade.executors)
+        from .executors import DaskRunner
+
+        try:
+            server = DaskRunner(course, limits.scheduler)
+        except (OSError, ValueError) as exc:
+            raise GradingError(f"cannot reach the Dask scheduler {limits.scheduler!r}: {exc}")
+        summary.workers = limits.workers if limits.workers > 0 else server.threads()
     if not quiet:
         print(f"autograde: {len(todo)} submission(s) to grade, {len(summary.unchanged)} "
               f"unchanged (skipped); {summary.workers} worker(s); limits: "
@@ -1039,11 +1050,11 @@ def _autograde(course: Course, assignments, students, limits: Limits, force: boo
         finally:
             slots.put(slot)
 
-    server = None
-    if todo and os.environ.get("FLOWS_FORKSERVER", "1") != "0":
+    if server is None and todo and os.environ.get("FLOWS_FORKSERVER", "1") != "0":
         server = ForkServer(course, server_env(course))
     zygotes = None
-    if todo and os.environ.get("FLOWS_ZYGOTES", "1") != "0" and shutil.which("bwrap"):
+    if todo and os.environ.get("FLOWS_ZYGOTES", "1") != "0" and shutil.which("bwrap") \
+            and limits.executor != "dask":
         zygotes = ZygotePool(course.work / "zygotes", limits)
     bar = tqdm(total=len(todo), desc="autograde", unit="sub", file=sys.stderr,
                disable=quiet or not todo, dynamic_ncols=True)
@@ -1304,9 +1315,11 @@ def _limits(args) -> Limits:
             per[ps] = seconds
         else:
             default = seconds
+    if args.executor == "dask" and not args.scheduler:
+        raise GradingError("--executor dask needs --scheduler ADDRESS (tcp://host:8786)")
     return Limits(workers=args.workers, timeout=args.timeout, cell_timeout=default,
                   cell_timeouts=per,
-                  memory_mb=args.memory)
+                  memory_mb=args.memory, executor=args.executor, scheduler=args.scheduler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1338,6 +1351,10 @@ def main(argv: list[str] | None = None) -> int:
                            help="grade unchanged submissions again")
             p.add_argument("--retry-failed", action="store_true",
                            help="grade unchanged submissions that failed again")
+            p.add_argument("--executor", choices=["local", "dask"], default="local",
+                           help="where grading jobs run: this machine, or a Dask cluster")
+            p.add_argument("--scheduler", default="", metavar="ADDRESS",
+                           help="the Dask scheduler (--executor dask), e.g. tcp://host:8786")
         if name == "all":
             p.add_argument("--no-demo", action="store_true",
                            help="do not copy the demo class into an empty grading/submitted/")

@@ -33,15 +33,17 @@ import contextlib
 import io
 import itertools
 import math
+import os
 import time
 import types
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from .rpc import AccessDenied, Endpoint, RemoteError
-from .sandbox import Kernel, SandboxLimits, start_kernel
+from .sandbox import Kernel, SandboxLimits, connect_zygote, start_kernel
 from .wire import Limits, WireError, read_frame
 
 __all__ = ["Harness", "HarnessEndpoint", "RemoteCall", "TestResult", "GradientMismatch"]
@@ -387,18 +389,31 @@ class Harness:
         (the functions the assignment asks for); None: any name not bound by the course."""
         self.cell_timeout = cell_timeout
         self.student_names = student_names
-        self.kernel: Kernel | None = start_kernel(slot, limits)
-        self.ep = HarnessEndpoint(self.kernel.fd, self.kernel.fd)
         self.dead = ""
-        self.ep.deadline = time.monotonic() + start_timeout
-        try:
-            header, _ = read_frame(self.kernel.fd)
-            if header.get("t") != "ready":
-                raise WireError("the kernel did not start")
-        except (TimeoutError, EOFError, WireError, OSError) as exc:
-            self._die(f"the sandboxed kernel did not start ({type(exc).__name__})")
+        self.kernel: Kernel | None = None
+        zygotes = os.environ.get("FLOWGRADE_ZYGOTES")
+        if zygotes:  # a warm kernel from this slot's zygote; a fresh sandbox if it fails
+            self.kernel = connect_zygote(Path(zygotes), slot)
+            if self.kernel is not None and not self._ready(30.0):
+                self.kernel.kill()
+                self.kernel = None
+        if self.kernel is None:
+            self.kernel = start_kernel(slot, limits)
+            if not self._ready(start_timeout):
+                self._die("the sandboxed kernel did not start")
         self.ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
         self.owned: set[str] = set()   # names the instructor's cells bound in the harness
+
+    def _ready(self, timeout: float) -> bool:
+        self.ep = HarnessEndpoint(self.kernel.fd, self.kernel.fd)
+        self.ep.deadline = time.monotonic() + timeout
+        try:
+            header, _ = self.ep._read()
+            return header.get("t") == "ready"
+        except (TimeoutError, EOFError, WireError, OSError):
+            return False
+        finally:
+            self.ep.deadline = None
 
     def _die(self, why: str) -> None:
         self.dead = self.dead or why

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import importlib.util
 
-__all__ = ["SandboxLimits", "capabilities", "start_kernel", "Kernel"]
+__all__ = ["SandboxLimits", "capabilities", "start_kernel", "Kernel", "Zygote",
+           "connect_zygote", "zygote_path"]
 
 UID_BASE = 61000  # uid of grading slot k: UID_BASE + k (no such user exists on a normal system)
 
@@ -115,12 +116,16 @@ def _limit(limits: SandboxLimits):
 
 
 class Kernel:
-    """A running sandboxed kernel: its process and the harness's end of the socket."""
+    """A running sandboxed kernel: its process (None when a zygote forked it: closing the
+    socket makes the zygote kill it) and the harness's end of the socket."""
 
-    def __init__(self, proc: subprocess.Popen, fd: int, sock: socket.socket):
+    def __init__(self, proc: subprocess.Popen | None, fd: int, sock: socket.socket):
         self.proc, self.fd, self._sock = proc, fd, sock
 
     def kill(self) -> None:
+        if self.proc is None:
+            self._sock.close()
+            return
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, 9)
@@ -153,3 +158,72 @@ def start_kernel(slot: int = 0, limits: SandboxLimits = SandboxLimits()) -> Kern
                             cwd="/tmp")
     theirs.close()
     return Kernel(proc, mine.fileno(), mine)
+
+
+# ----------------------------------------------------------------------------- zygotes
+
+def zygote_path(folder: Path, slot: int) -> Path:
+    return Path(folder) / f"slot-{slot}.sock"
+
+
+class Zygote:
+    """A warm kernel factory for one grading slot (see flowgrade.kernel.zygote): one sandbox,
+    uid and process limit for the whole run, a fresh kernel per submission, forked after torch
+    and IPython are imported (saves the ~1.5 s of CPU those imports cost each submission). The
+    listening socket is made here, in a folder the sandbox cannot see, and handed over as a
+    file descriptor: no kernel can replace it."""
+
+    def __init__(self, folder: Path, slot: int, limits: SandboxLimits = SandboxLimits()):
+        self.path = zygote_path(folder, slot)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+        if self.path.exists() or self.path.is_symlink():
+            self.path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(self.path))
+        listener.listen(8)
+        fd = listener.fileno()
+        python = [sys.executable, "-I", "-m", "flowgrade.kernel", "--zygote", str(fd),
+                  str(limits.cpu_seconds)]
+        argv = _bwrap_argv(slot, limits) + python
+        zlimits = SandboxLimits(limits.memory_mb, 10**6, limits.file_mb, limits.tmp_mb,
+                                limits.processes, limits.open_files)  # the zygote lives long
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, pass_fds=(fd,),
+                                     preexec_fn=_limit(zlimits), start_new_session=True,
+                                     cwd="/tmp")
+        listener.close()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, 9)
+            except OSError:
+                self.proc.kill()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+
+
+def connect_zygote(folder: Path, slot: int, timeout: float = 5.0) -> Kernel | None:
+    """A kernel from the slot's zygote, or None (no zygote, or it does not answer)."""
+    path = zygote_path(folder, slot)
+    if not path.exists():
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        return None
+    sock.settimeout(None)
+    return Kernel(None, sock.fileno(), sock)
