@@ -49,9 +49,8 @@ def flowgrade(course: Path, *args: str) -> subprocess.CompletedProcess:
 def hidden_lines() -> list[str]:
     """Every hidden-test line of every assignment (12 characters or more) that the student
     version does not show anyway."""
-    public = {line.strip() for nb_path in (REPO / "exercises").glob("*/*.ipynb")
-              for cell in nbformat.read(nb_path, as_version=4).cells
-              for line in cell.source.split("\n")}
+    public = "\n".join(cell.source for nb_path in (REPO / "exercises").glob("*/*.ipynb")
+                       for cell in nbformat.read(nb_path, as_version=4).cells)
     out = []
     for nb_path in (REPO / "solutions").glob("*/*.ipynb"):
         for cell in nbformat.read(nb_path, as_version=4).cells:
