@@ -323,10 +323,10 @@ def sync_gradebook(gb, policy: Policy) -> None:
     (formgrader shows lateness with them; nbgrader's late penalties are not configured)."""
     from nbgrader.api import MissingEntry
 
-    for a in gb.assignments:
+    for a in gb.assignments:  # an assignment the policy leaves out keeps its duedate
         rule = policy.rules.get(a.name)
         due = gradebook_time(rule.deadline.isoformat()) if rule and rule.deadline else None
-        if a.duedate != due:
+        if due is not None and a.duedate != due:
             a.duedate = due
     for key, when in policy.extensions.items():
         student, assignment = key.split("/")
