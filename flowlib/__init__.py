@@ -48,9 +48,9 @@ __all__ = [
 ]
 
 # beyond the lectures (chapter 8): residual flows and continuous-time flows
-from . import continuous, pixelcnn, residual
+from . import continuous, images, pixelcnn, residual
 from .continuous import ContinuousFlow, VelocityField, fit_flow_matching, flow_matching_loss
 from .residual import ResidualBlock, SpectralLinear
 
-__all__ += ["residual", "continuous", "pixelcnn", "ResidualBlock", "SpectralLinear", "ContinuousFlow",
+__all__ += ["residual", "continuous", "images", "pixelcnn", "ResidualBlock", "SpectralLinear", "ContinuousFlow",
             "VelocityField", "flow_matching_loss", "fit_flow_matching"]
