@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Rebuild tools/demo_class/ (the bundled submissions `make grade` grades on a fresh clone).
+"""Rebuild tests/grading/demo_class/ (the submissions `make grade` grades on a fresh clone).
 
 Each demo student starts from the student version in exercises/ and fills in the solution cells,
-as a student would. Run after `tools/grade.py generate` whenever problem set 1 changes:
+as a student would. Run after `python -m flowgrade generate` whenever problem set 1 changes:
 
-    python tools/make_demo_class.py
+    python tests/grading/make_demo_class.py
 
 Expected scores (problem set 1, 12 points: parts of 1+2, 2+3 and 1+3 visible+hidden points):
 
@@ -20,17 +20,18 @@ from pathlib import Path
 
 import nbformat
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PS = "ps1_change_of_variables"
 DEMO = Path(__file__).resolve().parent / "demo_class"
 EXPECTED = {"alice": 12, "bob": 0, "carol": 4, "dave": 5}
 
 CAROL = {
-    # evaluates the derivative at x instead of z: invisible for an affine map
+    # evaluates the derivative at x instead of z, and forgets its absolute value: both invisible
+    # for an increasing affine map
     "part1_solution": '''
-def pushforward_log_prob(x, f_inv, log_abs_df, base_log_prob):
+def pushforward_log_prob(x, f_inv, df, base_log_prob):
     z = f_inv(x)
-    return base_log_prob(z) - log_abs_df(x)
+    return base_log_prob(z) - torch.log(df(x))
 ''',
     # log of det (NaN when det < 0, -inf/inf when it under/overflows); naive tanh derivative
     "part2_solution": '''
@@ -63,9 +64,9 @@ def chain_log_prob(x, layers, base_log_prob):
 DAVE = {
     # wrong sign: fails the visible tests of part 1
     "part1_solution": '''
-def pushforward_log_prob(x, f_inv, log_abs_df, base_log_prob):
+def pushforward_log_prob(x, f_inv, df, base_log_prob):
     z = f_inv(x)
-    return base_log_prob(z) + log_abs_df(z)
+    return base_log_prob(z) + torch.log(torch.abs(df(z)))
 ''',
     # right, written differently from the solution
     "part2_solution": '''
