@@ -47,11 +47,9 @@ def flowgrade(course: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def hidden_lines() -> list[str]:
-    """Every hidden-test line of every assignment (12 characters or more) that the student
-    version does not show anyway."""
-    public = "\n".join(cell.source for nb_path in (REPO / "exercises").glob("*/*.ipynb")
-                       for cell in nbformat.read(nb_path, as_version=4).cells)
-    out = []
+    """Every hidden-test line of every assignment (12 characters or more) that appears nowhere
+    else in the instructor's notebooks (the visible tests, the solutions, the text)."""
+    hidden, public = [], []
     for nb_path in (REPO / "solutions").glob("*/*.ipynb"):
         for cell in nbformat.read(nb_path, as_version=4).cells:
             inside = False
@@ -60,9 +58,12 @@ def hidden_lines() -> list[str]:
                     inside = True
                 elif "### END HIDDEN TESTS" in line:
                     inside = False
-                elif inside and len(line.strip()) >= 12 and line.strip() not in public:
-                    out.append(line.strip())
-    return out
+                elif inside:
+                    hidden.append(line.strip())
+                else:
+                    public.append(line)
+    text = "\n".join(public)
+    return [line for line in hidden if len(line) >= 12 and line not in text]
 
 
 @pytest.fixture(scope="module")
