@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
 _spec = importlib.util.spec_from_file_location("grading_cases",
                                                REPO / "tests" / "grading" / "cases.py")
 cases = importlib.util.module_from_spec(_spec)
