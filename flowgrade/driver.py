@@ -72,7 +72,6 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
 ERROR_RE = re.compile(r"\[(?:[^\]]*\| )?(?:ERROR|CRITICAL)\]")  # "[AutogradeApp | ERROR]"
 MAX_NOTEBOOK_MB = 20
 MAX_WORKDIR_MB = 512
-KERNEL_NAME = "flows-sandbox"
 
 
 class GradingError(Exception):
@@ -126,7 +125,6 @@ class Course:
     grades_csv = property(lambda self: self.grading / "grades.csv")
     logs = property(lambda self: self.grading / "logs")
     reports = property(lambda self: self.grading / "reports")
-    withheld = property(lambda self: self.grading / "withheld")
     work = property(lambda self: self.grading / ".work")
 
     @property
@@ -258,8 +256,7 @@ class Limits:
     cell_timeout: int = 60  # per cell, seconds
     cell_timeouts: dict = field(default_factory=dict)  # assignment -> per-cell seconds
     memory_mb: int = 4096  # address space of the grader process and of the kernel
-    file_mb: int = 64  # largest file the kernel may write
-    disk_mb: int = MAX_WORKDIR_MB  # everything written in the private folder
+    disk_mb: int = MAX_WORKDIR_MB  # what the grader may write in a submission's private folder
     executor: str = "local"  # local | dask (flowgrade.executors)
     scheduler: str = ""  # the Dask scheduler's address (executor dask)
 
@@ -536,16 +533,9 @@ def _limit_reached(t0: float, limits, work, cap: int) -> str:
     return ""
 
 def _tree_size(folder: Path, cap: int) -> int:
-    total = 0
-    for dirpath, _, filenames in os.walk(folder):
-        for name in filenames:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
-            if total > cap:
-                return total
-    return total
+    from .submissions import tree_size
+
+    return tree_size(folder, cap)
 
 
 def run_sandboxed(work: Path, job: dict, env: dict, limits: Limits) -> tuple[int | None, str]:

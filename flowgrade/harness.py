@@ -28,7 +28,6 @@ state never flows back: the student cannot choose the harness's next random test
 from __future__ import annotations
 
 import builtins
-import collections
 import contextlib
 import io
 import itertools
@@ -42,7 +41,7 @@ from typing import Any
 
 import torch
 
-from .rpc import AccessDenied, Endpoint, RemoteError
+from .rpc import LRU, AccessDenied, Endpoint, RemoteError
 from .sandbox import Kernel, SandboxLimits, connect_zygote, start_kernel
 from .wire import Limits, WireError, read_frame
 
@@ -65,18 +64,6 @@ class GradientMismatch(AssertionError):
     """The gradient the student's code reported disagrees with finite differences."""
 
 
-class _LRU(collections.OrderedDict):
-    def __init__(self, size: int):
-        super().__init__()
-        self.size = size
-
-    def put(self, key: Any, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
-
-
 @dataclass
 class _Frame:
     """One request of the harness: what it sent and got that autograd needs."""
@@ -93,8 +80,8 @@ class HarnessEndpoint(Endpoint):
     def __init__(self, rfd: int, wfd: int):
         # what one reply from the kernel may carry (the grader's memory is bounded too)
         super().__init__(rfd, wfd, Limits(payload_bytes=256 * 2**20))
-        self.grad_exports = _LRU(100_000)   # import id -> harness tensor sent with grad
-        self.callbacks = _LRU(100_000)      # callback id -> leaves made of the kernel's tensors
+        self.grad_exports = LRU(100_000)   # import id -> harness tensor sent with grad
+        self.callbacks = LRU(100_000)      # callback id -> leaves made of the kernel's tensors
         self._imp_ids = itertools.count(1)
         self._cb_ids = itertools.count(1)
         self._frames: list[_Frame] = []

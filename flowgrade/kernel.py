@@ -22,7 +22,6 @@ gradient flows through a function the test handed over).
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import io
 import os
@@ -33,25 +32,13 @@ from typing import Any
 
 import torch
 
-from .rpc import Endpoint, Proxy
+from .rpc import LRU, Endpoint, Proxy
 from .wire import Ref, WireError
 
 __all__ = ["KernelEndpoint", "main"]
 
 _IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython"}
 STDOUT_KEEP = 20_000  # characters of a student cell's printed output kept for the feedback
-
-
-class _LRU(collections.OrderedDict):
-    def __init__(self, size: int):
-        super().__init__()
-        self.size = size
-
-    def put(self, key: Any, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
 
 
 class CourseProxy(Proxy):
@@ -117,8 +104,8 @@ class KernelEndpoint(Endpoint):
     def __init__(self, rfd: int, wfd: int):
         super().__init__(rfd, wfd)
         self.shell = None
-        self.imports = _LRU(100_000)  # harness import id -> tensor here
-        self.calls = _LRU(512)        # harness request number -> output tensors of that call
+        self.imports = LRU(100_000)  # harness import id -> tensor here
+        self.calls = LRU(512)        # harness request number -> output tensors of that call
         self.in_vjp = False
         self._pending: list[tuple[int, torch.Tensor]] = []
         self._sent_stack: list[list[torch.Tensor]] = []

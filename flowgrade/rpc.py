@@ -11,6 +11,7 @@ the callables a test handed over, read their public data and little else (see ``
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import select
@@ -21,10 +22,25 @@ import torch
 
 from .wire import Decoder, Encoder, Limits, Ref, WireError, read_frame, write_frame
 
-__all__ = ["RemoteError", "AccessDenied", "Proxy", "Endpoint", "ITER_LIMIT"]
+__all__ = ["LRU", "RemoteError", "AccessDenied", "Proxy", "Endpoint", "ITER_LIMIT"]
 
 ITER_LIMIT = 1_000_000  # items of one iteration over a remote object (sent as one list)
 EXPORT_LIMIT = 200_000  # objects one side may hand the other in one notebook
+
+
+class LRU(collections.OrderedDict):
+    """A dict that forgets its oldest entries past ``size`` (what one side keeps for the
+    other's later gradient requests)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
 
 
 class RemoteError(Exception):
