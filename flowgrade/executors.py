@@ -48,7 +48,7 @@ OUTPUT_DIRS = ("course/autograded", "course/feedback")
 # ----------------------------------------------------------------------------- the driver side
 
 
-def assignment_template(template: Path, assignment: str) -> bytes:
+def assignment_template(template: Path, assignment: str, course_id: str = "") -> bytes:
     """The gradebook template reduced to one assignment (a job carries no other assignment's
     tests): nbgrader's own remove_assignment on a copy."""
     from nbgrader.api import Gradebook
@@ -61,7 +61,7 @@ def assignment_template(template: Path, assignment: str) -> bytes:
             src.backup(dst)
         src.close()
         dst.close()
-        with Gradebook(f"sqlite:///{path}") as gb:
+        with Gradebook(f"sqlite:///{path}", course_id or "default_course") as gb:
             for a in list(gb.assignments):
                 if a.name != assignment:
                     gb.remove_assignment(a.name)
@@ -92,7 +92,7 @@ class DaskRunner:
         with self._lock:
             if assignment not in self._templates:
                 self._templates[assignment] = assignment_template(
-                    self.course.work / "template.db", assignment)
+                    self.course.work / "template.db", assignment, self.course.course_id)
             return self._templates[assignment]
 
     def payload(self, work: Path, job: dict, env: dict, limits) -> dict:
@@ -154,6 +154,25 @@ def _base() -> Path:
     return base
 
 
+def _clean_stale(base: Path) -> None:
+    """Remove the folders of worker processes that are gone (a worker killed by its nanny
+    runs no clean-up): server-PID, zygotes-PID, job-PID-*."""
+    from .submissions import remove_tree
+
+    for d in base.iterdir():
+        kind, _, rest = d.name.partition("-")
+        pid = rest.split("-")[0]
+        if kind not in ("server", "zygotes", "job") or not pid.isdigit() \
+                or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            remove_tree(d)
+        except OSError:
+            pass
+
+
 def _fork_server():
     """This worker process's warm fork server (started on its first job), or None when
     FLOWS_FORKSERVER=0 (a fresh grader process per job)."""
@@ -163,6 +182,8 @@ def _fork_server():
     from .driver import ForkServer, server_env
 
     with _server_lock:
+        if _server is None:
+            _clean_stale(_base())
         if _server is None or not _server.alive():
             place = SimpleNamespace(work=_base() / f"server-{os.getpid()}")
             _server = ForkServer(place, server_env(place))
@@ -239,7 +260,7 @@ def grade_job(payload: dict) -> dict:
     from .submissions import remove_tree
 
     t0 = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="job-", dir=_base()))
+    work = Path(tempfile.mkdtemp(prefix=f"job-{os.getpid()}-", dir=_base()))
     try:
         for rel, data in payload["files"].items():
             parts = rel.split("/")
