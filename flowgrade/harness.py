@@ -145,6 +145,7 @@ class HarnessEndpoint(Endpoint):
             meta["imp"] = imp
             if self._serving:
                 meta["cb"] = self._serving[-1]["cb"]
+                self._serving[-1]["imports"].add(imp)
             if self._frames:
                 frame = self._frames[-1]
                 frame.imports.append((imp, t, len(self._serving) == frame.serve_depth))
@@ -167,8 +168,8 @@ class HarnessEndpoint(Endpoint):
         return t
 
     def serve(self, header: dict, buffers: list[bytes]) -> None:
-        state = {"cb": next(self._cb_ids), "leaves": []}
-        self.callbacks.put(state["cb"], state["leaves"])
+        state = {"cb": next(self._cb_ids), "leaves": [], "imports": set()}
+        self.callbacks.put(state["cb"], state)
         self._serving.append(state)
         try:
             with torch.enable_grad():
@@ -194,10 +195,13 @@ class HarnessEndpoint(Endpoint):
         return super().handle(op, args)
 
     def _cb_backward(self, cb: Any, imports: Any, grads: Any, accumulate: Any) -> list:
-        leaves = self.callbacks.get(cb, []) if cb is not None else []
-        if not isinstance(imports, list) or not isinstance(grads, list) \
-                or len(imports) != len(grads):
+        """The gradient of what a callback returned, for the kernel's backward: only for that
+        callback's own results (the kernel cannot push gradients into other test tensors)."""
+        state = self.callbacks.get(cb) if type(cb) is int else None
+        if state is None or not isinstance(imports, list) or not isinstance(grads, list) \
+                or len(imports) != len(grads) or not set(imports) <= state["imports"]:
             raise WireError("malformed gradient request")
+        leaves = state["leaves"]
         outs, gs = [], []
         for imp, g in zip(imports, grads):
             t = self.grad_exports.get(imp) if type(imp) is int else None
@@ -357,6 +361,7 @@ def _replace(value: Any, swap: dict) -> Any:
 # ============================================================================ notebook runner
 
 _BUILTIN_NAMES = frozenset(dir(builtins))
+MAX_RESTARTS = 3  # new kernels after time-outs, per notebook
 
 @dataclass
 class TestResult:
@@ -376,20 +381,58 @@ class Harness:
         (the functions the assignment asks for); None: any name not bound by the course."""
         self.cell_timeout = cell_timeout
         self.student_names = student_names
+        self.slot, self.limits, self.start_timeout = slot, limits, start_timeout
         self.dead = ""
         self.kernel: Kernel | None = None
-        zygotes = os.environ.get("FLOWGRADE_ZYGOTES")
-        if zygotes:  # a warm kernel from this slot's zygote; a fresh sandbox if it fails
-            self.kernel = connect_zygote(Path(zygotes), slot)
-            if self.kernel is not None and not self._ready(30.0):
-                self.kernel.kill()
-                self.kernel = None
-        if self.kernel is None:
-            self.kernel = start_kernel(slot, limits)
-            if not self._ready(start_timeout):
-                self._die("the sandboxed kernel did not start")
+        self.history: list[str] = []   # the cells the kernel ran, to replay after a restart
+        self.restarts = 0
         self.ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
         self.owned: set[str] = set()   # names the instructor's cells bound in the harness
+        self.student_bound: set[str] = set()   # names bound to the student's objects
+        if not self._start():
+            self._die("the sandboxed kernel did not start")
+
+    def _start(self) -> bool:
+        zygotes = os.environ.get("FLOWGRADE_ZYGOTES")
+        if zygotes:  # a warm kernel from this slot's zygote; a fresh sandbox if it fails
+            self.kernel = connect_zygote(Path(zygotes), self.slot)
+            if self.kernel is not None and self._ready(30.0):
+                return True
+            if self.kernel is not None:
+                self.kernel.kill()
+        self.kernel = start_kernel(self.slot, self.limits)
+        return self._ready(self.start_timeout)
+
+    def _restart(self, why: str) -> None:
+        """After a time-out: a new kernel, the cells so far replayed (a cell that times out
+        again is dropped), the student's names bound again; the tests after it still run.
+        At most ``MAX_RESTARTS`` per notebook, then the kernel stays dead."""
+        self.ep.closed = True  # proxies of the old kernel now fail cleanly
+        if self.kernel is not None:
+            self.kernel.kill()
+            self.kernel = None
+        self.restarts += 1
+        if self.restarts > MAX_RESTARTS or not self._start():
+            self._die(why)
+            return
+        kept = []
+        for source in self.history:
+            try:
+                with self._deadline():
+                    out = self.ep.request("run_cell", source)
+            except TimeoutError:
+                self.kernel.kill()
+                self.kernel = None
+                if not self._start():
+                    self._die(why)
+                    return
+                continue
+            except (EOFError, OSError, WireError):
+                self._die(why)
+                return
+            kept.append(source)
+            self._bind(out)
+        self.history = kept
 
     def _ready(self, timeout: float) -> bool:
         self.ep = HarnessEndpoint(self.kernel.fd, self.kernel.fd)
@@ -423,7 +466,7 @@ class Harness:
             with self._deadline():
                 return self.ep.request(op, *args)
         except TimeoutError:
-            self._die(f"a cell ran past the time limit of {self.cell_timeout:g} s")
+            self._restart(f"a cell ran past the time limit of {self.cell_timeout:g} s")
             raise
         except (EOFError, OSError, WireError) as exc:
             self._die(f"the student's kernel stopped ({type(exc).__name__})")
@@ -436,6 +479,7 @@ class Harness:
         res = self._exec(source, "setup")
         self.owned |= {k for k, v in self.ns.items() if before.get(k) != id(v)}
         if not self.dead:
+            self.history.append(source)
             try:
                 self._kernel("run_cell", source)
             except Exception:  # noqa: BLE001 - reported by the next test that needs it
@@ -447,10 +491,21 @@ class Harness:
             return {"ok": False, "error": "NotRun", "stdout": "", "names": []}
         try:
             out = self._kernel("run_cell", source)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a cell that timed out is not replayed
             return {"ok": False, "error": type(exc).__name__, "stdout": "", "names": []}
+        self.history.append(source)
         if not isinstance(out, dict):
             return {"ok": False, "error": "ProtocolError", "stdout": "", "names": []}
+        self._bind(out)
+        return {"ok": out.get("ok") is True,
+                "error": out.get("error") if isinstance(out.get("error"), str) else "",
+                "stdout": out.get("stdout") if isinstance(out.get("stdout"), str) else "",
+                "names": []}
+
+    def _bind(self, out: Any) -> None:
+        """Bind the names a student cell defined that the tests may use, as proxies."""
+        if not isinstance(out, dict):
+            return
         for entry in out.get("names", []) if isinstance(out.get("names"), list) else []:
             if (not isinstance(entry, list) or len(entry) != 2 or type(entry[0]) is not str
                     or not entry[0].isidentifier() or entry[0] in self.owned
@@ -459,13 +514,11 @@ class Harness:
                         and entry[0] not in self.student_names)):
                 continue
             try:
-                self.ns[entry[0]] = self._kernel("lookup", entry[0])
+                with self._deadline():
+                    self.ns[entry[0]] = self.ep.request("lookup", entry[0])
+                self.student_bound.add(entry[0])
             except Exception:  # noqa: BLE001 - the name stays unbound; tests using it fail
                 self.ns.pop(entry[0], None)
-        return {"ok": out.get("ok") is True,
-                "error": out.get("error") if isinstance(out.get("error"), str) else "",
-                "stdout": out.get("stdout") if isinstance(out.get("stdout"), str) else "",
-                "names": []}
 
     def run_test_cell(self, source: str, name: str) -> TestResult:
         if self.dead:
@@ -478,21 +531,27 @@ class Harness:
         try:
             return self._exec_checked(source, name, out)
         finally:
-            # what a test cell binds (a helper a later hidden test uses) is the course's too
+            # what a test cell binds (a helper a later hidden test uses) is the course's too;
+            # not what a kernel restart bound again for the student
             self.owned |= {k for k, v in self.ns.items() if before.get(k) != id(v)
+                           and k not in self.student_bound
                            and (self.student_names is None or k not in self.student_names)}
 
     def _exec_checked(self, source: str, name: str, out: io.StringIO) -> TestResult:
+        from . import probes
+
         try:
             code = compile(source, f"<{name}>", "exec")
+            probes._harness = self
             with contextlib.redirect_stdout(out), self._deadline():
                 exec(code, self.ns)  # noqa: S102 - the instructor's own test code
         except RemoteError as exc:
             return TestResult(False, out.getvalue(), "StudentCodeError",
                               f"your code raised {exc.type_name}")
         except TimeoutError:
-            self._die(f"a cell ran past the time limit of {self.cell_timeout:g} s")
-            return TestResult(False, out.getvalue(), "TimeoutError", self.dead)
+            why = f"a call ran past the time limit of {self.cell_timeout:g} s"
+            self._restart(why)
+            return TestResult(False, out.getvalue(), "TimeoutError", why)
         except (EOFError, WireError, OSError) as exc:
             self._die(f"the student's kernel stopped ({type(exc).__name__})")
             return TestResult(False, out.getvalue(), "KernelDied", self.dead)
@@ -502,6 +561,8 @@ class Harness:
             return TestResult(False, out.getvalue(), "AssertionError", str(exc)[:500])
         except Exception as exc:  # noqa: BLE001 - any failure of the test fails it
             return TestResult(False, out.getvalue(), type(exc).__name__, str(exc)[:500])
+        finally:
+            probes._harness = None
         return TestResult(True, out.getvalue())
 
     def close(self) -> None:

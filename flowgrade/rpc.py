@@ -24,6 +24,11 @@ from .wire import Decoder, Encoder, Limits, Ref, WireError, read_frame, write_fr
 
 __all__ = ["LRU", "RemoteError", "AccessDenied", "Proxy", "Endpoint", "ITER_LIMIT"]
 
+import builtins
+
+_BUILTIN_EXCEPTIONS = frozenset(
+    n for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException)
+) | {"WireError", "AccessDenied", "RemoteError", "GradientMismatch"}
 ITER_LIMIT = 1_000_000  # items of one iteration over a remote object (sent as one list)
 EXPORT_LIMIT = 200_000  # objects one side may hand the other in one notebook
 
@@ -115,6 +120,7 @@ class Endpoint:
         self._seq = itertools.count(1)
         self._ids = itertools.count(1)
         self.deadline: float | None = None  # monotonic time past which a wait fails
+        self.closed = False
 
     # ------------------------------------------------------------------ references
     def export(self, obj: Any) -> Ref:
@@ -184,6 +190,8 @@ class Endpoint:
         return self.request("call", ref, args, kwargs)
 
     def request(self, op: str, *args: Any) -> Any:
+        if self.closed:
+            raise RuntimeError("this object lived in a kernel that was restarted")
         n = next(self._seq)
         self.on_request(n, op)
         tree, buffers = self.encode(list(args))
@@ -203,8 +211,8 @@ class Endpoint:
                 err = header.get("e", {})
                 name = err.get("type") if isinstance(err, dict) else None
                 msg = err.get("message", "") if isinstance(err, dict) else ""
-                if not isinstance(name, str) or not name.isidentifier() or len(name) > 80:
-                    name = "Exception"
+                if not isinstance(name, str) or name not in _BUILTIN_EXCEPTIONS:
+                    name = "Exception"  # a class name of the peer's choosing could carry data
                 raise RemoteError(name, msg if isinstance(msg, str) else "")
             return self.decode(header.get("v", ["n"]), buffers, "reply")
 

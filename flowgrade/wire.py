@@ -90,8 +90,8 @@ def read_frame(fd: int, limits: Limits = Limits()) -> tuple[dict, list[bytes]]:
         raise WireError(f"header of {size} bytes (limit {limits.header_bytes})")
     try:
         header = json.loads(_read_exact(fd, size))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise WireError(f"header is not JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise WireError(f"header is not JSON: {type(exc).__name__}") from None
     if not isinstance(header, dict):
         raise WireError("header is not an object")
     lengths = header.get("buffers", [])

@@ -197,14 +197,18 @@ def test_the_sandbox_sees_nothing_of_the_course():
         h.close()
 
 
-def test_a_test_that_runs_past_its_time_fails_and_stops_the_kernel():
+def test_past_the_time_limit_the_kernel_restarts_with_the_cells_replayed():
     h = Harness(cell_timeout=3)
     try:
-        h.run_student_cell("def spin():\n    while True:\n        pass")
+        h.run_student_cell("def spin():\n    while True:\n        pass\nanswer = 42")
         result = h.run_test_cell("spin()", "loop")
         assert not result.ok and result.error == "TimeoutError"
-        later = h.run_test_cell("assert True", "later")
-        assert not later.ok and "not run" in later.message
+        assert h.run_test_cell("assert answer == 42", "later").ok
+        assert not h.run_student_cell("spin()")["ok"]      # a cell that loops: dropped
+        assert h.run_test_cell("assert answer == 42", "again").ok and h.restarts == 2
+        for _ in range(3):
+            h.run_test_cell("spin()", "loop")
+        assert h.dead and not h.run_test_cell("assert True", "last").ok   # at most 3 restarts
     finally:
         h.close()
 
@@ -299,3 +303,29 @@ def test_randomness_moves_on_between_calls(course_harness):
         "torch.manual_seed(0)\na, b = draw(), draw()\nassert not torch.equal(a, b)\n"
         "torch.manual_seed(0)\nassert torch.equal(draw(), a)", "rng")
     assert r.ok, r
+
+
+def test_a_time_out_costs_one_test_only():
+    h = Harness(cell_timeout=20, student_names={"slow", "fast"})
+    try:
+        h.run_instructor_cell("import torch")
+        h.run_student_cell("def fast(x):\n    return x + 1\n"
+                           "def slow(n):\n    while True:\n        pass")
+        r = h.run_test_cell("from flowgrade.probes import time_limit\n"
+                            "with time_limit(1):\n    slow(3)", "limited")
+        assert not r.ok and r.error == "TimeoutError"
+        later = h.run_test_cell("assert fast(torch.ones(1)).item() == 2", "after")
+        assert later.ok and h.restarts == 1, later
+    finally:
+        h.close()
+
+
+def test_time_limit_works_without_a_harness():
+    from flowgrade.probes import time_limit
+
+    with pytest.raises(TimeoutError):
+        with time_limit(0.2):
+            while True:
+                pass
+    with time_limit(5):
+        assert sum(range(10)) == 45
