@@ -639,6 +639,8 @@ def table(results: dict) -> str:
             lines.append(f"| {lib} | {_fmt(e['kl_student_teacher'], e['kl_student_teacher_se'])} | "
                          f"{_fmt(e['kl_student_data'], e['kl_student_data_se'])} | "
                          f"{e['ms_per_step']:.2f} | {_ratio_cell(e)} |")
+        if r.get("note"):
+            lines += ["", r["note"][0].upper() + r["note"][1:] + "."]
         if r.get("merged_from_earlier_run"):
             lines += ["", f"Rerun for {', '.join(sorted({x['lib'] for x in r['runs'] if x.get('rerun')}))} "
                       f"only; the runs of {', '.join(r['merged_from_earlier_run'])} (same seeds, "
