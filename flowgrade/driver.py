@@ -660,7 +660,7 @@ class ZygotePool:
         from .sandbox import Zygote
 
         z = self.zygotes.get(slot)
-        if z is None or not z.alive():
+        if z is None or not z.sweep():
             if z is not None:
                 z.close()
             self.zygotes[slot] = Zygote(self.folder, slot, self.limits)
@@ -772,6 +772,7 @@ def grade_submission(course: Course, sub: Submission, limits: Limits, cache: Ass
 
     work, job, env = prepare_workdir(course, sub, repaired, limits, template)
     env["FLOWGRADE_SLOT"] = str(slot)
+    env["FLOWGRADE_UID_BASE"] = os.environ.get("FLOWGRADE_UID_BASE", "61000")
     zygotes = course.work / "zygotes"
     if (zygotes / f"slot-{slot}.sock").exists():
         env["FLOWGRADE_ZYGOTES"] = str(zygotes)

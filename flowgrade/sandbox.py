@@ -37,6 +37,48 @@ __all__ = ["SandboxLimits", "capabilities", "start_kernel", "Kernel", "Zygote",
 UID_BASE = 61000  # uid of grading slot k: UID_BASE + k (no such user exists on a normal system)
 
 
+def slot_uid(slot: int) -> int:
+    """The sandbox uid of a grading slot. A grading run sets FLOWGRADE_UID_BASE for itself, so
+    that two runs on one machine never share a uid (nor its process limit or its sweep)."""
+    return int(os.environ.get("FLOWGRADE_UID_BASE", UID_BASE)) + slot
+
+
+# System calls the kernel may not make (x86_64 numbers): SysV IPC and message queues (memory
+# outside every rlimit that outlives the process, a channel between students of one slot), the
+# kernel keyrings (the same channel), ptrace and cross-process memory access, namespaces and
+# mounts, bpf, userfaultfd, perf. Any other architecture's system calls (i386 compatibility,
+# x32) are refused whole.
+_DENIED_X86_64 = {
+    "shmget": 29, "shmat": 30, "shmctl": 31, "semget": 64, "semop": 65, "semctl": 66,
+    "shmdt": 67, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "ptrace": 101,
+    "mount": 165, "umount2": 166, "semtimedop": 220, "mq_open": 240, "mq_unlink": 241,
+    "mq_timedsend": 242, "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245,
+    "add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272, "perf_event_open": 298,
+    "setns": 308, "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312, "bpf": 321,
+    "userfaultfd": 323, "pidfd_getfd": 438, "fsopen": 430, "fsmount": 432, "open_tree": 428,
+    "move_mount": 429, "mount_setattr": 442,
+}
+
+
+def seccomp_program() -> bytes | None:
+    """A classic-BPF seccomp filter (``bwrap --seccomp``) refusing the calls above with EPERM;
+    None off x86_64 (then the filter is not applied, and capabilities() says so)."""
+    import platform
+    import struct
+
+    if platform.machine() != "x86_64":
+        return None
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    nrs = sorted(set(_DENIED_X86_64.values()))
+    body = [(ld, 0, 0, 4), (jeq, 1, 0, 0xC000003E), (ret, 0, 0, deny),   # arch: x86_64 only
+            (ld, 0, 0, 0), (jge, len(nrs) + 1, 0, 0x40000000)]           # x32: refused
+    for k, nr in enumerate(nrs):
+        body.append((jeq, len(nrs) - k, 0, nr))
+    body += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
+    return b"".join(struct.pack("<HBBI", *ins) for ins in body)
+
+
 @dataclass(frozen=True)
 class SandboxLimits:
     memory_mb: int = 4096
@@ -65,14 +107,26 @@ def _read_only_paths() -> list[str]:
     return sorted(p for p in paths if os.path.exists(p))
 
 
-def _bwrap_argv(slot: int, limits: SandboxLimits) -> list[str]:
-    uid = str(UID_BASE + slot)
+def _seccomp_fd() -> int | None:
+    program = seccomp_program()
+    if program is None:
+        return None
+    r, w = os.pipe()
+    os.write(w, program)
+    os.close(w)
+    return r
+
+
+def _bwrap_argv(slot: int, limits: SandboxLimits, seccomp_fd: int | None = None) -> list[str]:
+    uid = str(slot_uid(slot))
     # No user namespace: bwrap runs as root and util-linux's setpriv, inside, switches to the
     # slot's *real* uid (dropping every capability, no_new_privs), so the process limit counts
     # this slot's processes only (root is exempt from it) and signals reach nothing outside.
     argv = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try", "--die-with-parent", "--new-session",
             "--hostname", "sandbox"]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     paths = _read_only_paths()
     parents = sorted({str(a) for p in paths for a in Path(p).parents if str(a) != "/"},
                      key=lambda a: a.count("/"))
@@ -144,8 +198,10 @@ def start_kernel(slot: int = 0, limits: SandboxLimits = SandboxLimits()) -> Kern
     mine, theirs = socket.socketpair()
     child_fd = theirs.fileno()
     python = [sys.executable, "-I", "-m", "flowgrade.kernel", str(child_fd)]
+    seccomp = None
     if shutil.which("bwrap"):
-        argv = _bwrap_argv(slot, limits) + python
+        seccomp = _seccomp_fd()
+        argv = _bwrap_argv(slot, limits, seccomp) + python
         env = None
     else:
         argv = python
@@ -153,10 +209,13 @@ def start_kernel(slot: int = 0, limits: SandboxLimits = SandboxLimits()) -> Kern
                "OMP_NUM_THREADS": "1", "FLOWLIB_PROGRESS": "0"}
 
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, pass_fds=(child_fd,),
+                            stderr=subprocess.DEVNULL,
+                            pass_fds=(child_fd,) + ((seccomp,) if seccomp is not None else ()),
                             preexec_fn=_limit(limits), start_new_session=True, env=env,
                             cwd="/tmp")
     theirs.close()
+    if seccomp is not None:
+        os.close(seccomp)
     return Kernel(proc, mine.fileno(), mine)
 
 
@@ -185,17 +244,38 @@ class Zygote:
         fd = listener.fileno()
         python = [sys.executable, "-I", "-m", "flowgrade.kernel", "--zygote", str(fd),
                   str(limits.cpu_seconds)]
-        argv = _bwrap_argv(slot, limits) + python
+        seccomp = _seccomp_fd()
+        argv = _bwrap_argv(slot, limits, seccomp) + python
         zlimits = SandboxLimits(limits.memory_mb, 10**6, limits.file_mb, limits.tmp_mb,
                                 limits.processes, limits.open_files)  # the zygote lives long
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, pass_fds=(fd,),
+                                     stderr=subprocess.DEVNULL,
+                                     pass_fds=(fd,) + ((seccomp,) if seccomp is not None else ()),
                                      preexec_fn=_limit(zlimits), start_new_session=True,
                                      cwd="/tmp")
         listener.close()
+        if seccomp is not None:
+            os.close(seccomp)
+        self.uid = slot_uid(slot)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def sweep(self) -> bool:
+        """Between two submissions, from the host: kill every process of the slot's uid but the
+        zygote (whatever a kernel left running, even if it stopped the zygote's own wipe); True
+        when the zygote is healthy (running, not stopped), else it should be replaced."""
+        zygote, healthy = None, False
+        for pid, uid, state, cmdline in _processes():
+            if uid == self.uid and b"--zygote" in cmdline and zygote is None:
+                zygote, healthy = pid, state not in "TtZX"
+        for pid, uid, _, _ in _processes():
+            if uid == self.uid and pid != zygote:
+                try:
+                    os.kill(pid, 9)
+                except OSError:
+                    pass
+        return healthy and self.alive()
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -227,3 +307,24 @@ def connect_zygote(folder: Path, slot: int, timeout: float = 5.0) -> Kernel | No
         return None
     sock.settimeout(None)
     return Kernel(None, sock.fileno(), sock)
+
+
+def _processes():
+    """(pid, real uid, state letter, cmdline) of every process on the host."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status", "rb") as fh:
+                status = fh.read().decode("latin-1")
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        try:
+            uid = int(fields["Uid"].split()[0])
+            state = fields["State"].split()[0]
+        except (KeyError, ValueError, IndexError):
+            continue
+        yield int(name), uid, state, cmdline
