@@ -772,7 +772,9 @@ def grade_submission(course: Course, sub: Submission, limits: Limits, cache: Ass
 
     work, job, env = prepare_workdir(course, sub, repaired, limits, template)
     env["FLOWGRADE_SLOT"] = str(slot)
-    env["FLOWGRADE_UID_BASE"] = os.environ.get("FLOWGRADE_UID_BASE", "61000")
+    from .sandbox import slot_uid
+
+    env["FLOWGRADE_UID_BASE"] = str(slot_uid(0))
     zygotes = course.work / "zygotes"
     if (zygotes / f"slot-{slot}.sock").exists():
         env["FLOWGRADE_ZYGOTES"] = str(zygotes)

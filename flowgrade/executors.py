@@ -105,7 +105,8 @@ class DaskRunner:
         keep = {k: job[k] for k in ("student", "assignment", "cell_timeout", "memory_mb",
                                     "cpu_seconds")}
         env = {k: v for k, v in env.items()  # the worker sets its own machine's
-               if k not in ("HOME", "PATH", "FLOWGRADE_SLOT", "FLOWGRADE_ZYGOTES")}
+               if k not in ("HOME", "PATH", "FLOWGRADE_SLOT", "FLOWGRADE_ZYGOTES",
+                            "FLOWGRADE_UID_BASE")}
         return {"job": keep, "files": files, "env": env,
                 "limits": {"timeout": float(limits.timeout), "disk_mb": int(limits.disk_mb)}}
 
@@ -256,7 +257,7 @@ def _outputs(work: Path) -> dict:
 def grade_job(payload: dict) -> dict:
     """Grade one job on this machine (a Dask task; see the module docstring)."""
     from .driver import Limits, run_sandboxed
-    from .sandbox import capabilities
+    from .sandbox import capabilities, slot_uid
     from .submissions import remove_tree
 
     t0 = time.perf_counter()
@@ -283,6 +284,7 @@ def grade_job(payload: dict) -> dict:
                         disk_mb=payload["limits"]["disk_mb"], memory_mb=int(job["memory_mb"]))
         slot = _slot()
         env["FLOWGRADE_SLOT"] = str(slot)
+        env["FLOWGRADE_UID_BASE"] = str(slot_uid(0))  # this worker's own uids
         env.update(_zygote_env(slot, limits))
         server = _fork_server()
         if server is not None:

@@ -38,9 +38,14 @@ UID_BASE = 61000  # uid of grading slot k: UID_BASE + k (no such user exists on 
 
 
 def slot_uid(slot: int) -> int:
-    """The sandbox uid of a grading slot. A grading run sets FLOWGRADE_UID_BASE for itself, so
-    that two runs on one machine never share a uid (nor its process limit or its sweep)."""
-    return int(os.environ.get("FLOWGRADE_UID_BASE", UID_BASE)) + slot
+    """The sandbox uid of a grading slot: FLOWGRADE_UID_BASE + slot. A process that finds no
+    base picks one from its pid and puts it in its environment (its children inherit it), so
+    that two grading runs, test sessions or Dask workers on one machine never share a uid, nor
+    its process limit, nor the sweep that kills a slot's leftovers between submissions."""
+    base = os.environ.get("FLOWGRADE_UID_BASE")
+    if base is None:
+        base = os.environ["FLOWGRADE_UID_BASE"] = str(UID_BASE + 16 * (os.getpid() % 4000))
+    return int(base) + slot
 
 
 # System calls the kernel may not make (x86_64 numbers): SysV IPC and message queues (memory
@@ -127,9 +132,13 @@ def _bwrap_argv(slot: int, limits: SandboxLimits, seccomp_fd: int | None = None)
             "--hostname", "sandbox"]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
+    # /tmp and /dev/shm first: a course that lives under /tmp (a CI clone) is bound over them
+    argv += ["--proc", "/proc", "--dev", "/dev",
+             "--perms", "1777", "--size", str(limits.tmp_mb * 2**20), "--tmpfs", "/tmp",
+             "--perms", "1777", "--size", str(16 * 2**20), "--tmpfs", "/dev/shm"]
     paths = _read_only_paths()
-    parents = sorted({str(a) for p in paths for a in Path(p).parents if str(a) != "/"},
-                     key=lambda a: a.count("/"))
+    parents = sorted({str(a) for p in paths for a in Path(p).parents
+                      if str(a) not in ("/", "/tmp")}, key=lambda a: a.count("/"))
     for a in parents:  # bwrap would make them 0700, unreadable to the kernel's uid
         argv += ["--perms", "0755", "--dir", a]
     for p in paths:
@@ -140,10 +149,7 @@ def _bwrap_argv(slot: int, limits: SandboxLimits, seccomp_fd: int | None = None)
             argv += ["--symlink", os.readlink(target), target]
         elif os.path.isdir(target):
             argv += ["--ro-bind", target, target]
-    argv += ["--proc", "/proc", "--dev", "/dev",
-             "--perms", "1777", "--size", str(limits.tmp_mb * 2**20), "--tmpfs", "/tmp",
-             "--perms", "1777", "--size", str(16 * 2**20), "--tmpfs", "/dev/shm",
-             "--perms", "0777", "--dir", "/tmp/work", "--perms", "0777", "--dir", "/tmp/home",
+    argv += ["--perms", "0777", "--dir", "/tmp/work", "--perms", "0777", "--dir", "/tmp/home",
              "--chdir", "/tmp/work", "--clearenv"]
     env = {"HOME": "/tmp/home", "TMPDIR": "/tmp", "PATH": "/usr/bin:/bin",
            "LANG": "C.UTF-8", "MPLBACKEND": "Agg", "MPLCONFIGDIR": "/tmp/home/mpl",
