@@ -36,8 +36,17 @@ class Case:
     files: dict[str, bytes] = field(default_factory=dict)
     why: str = ""
 
+    edit: dict[str, str] = field(default_factory=dict)    # grade_id -> new source of a test
+    delete: tuple[str, ...] = ()                             # grade_ids of cells removed
+
     def notebook(self) -> nbformat.NotebookNode:
         nb = nbformat.read(REPO / "exercises" / PS / NB, as_version=4)
+        nb.cells = [c for c in nb.cells
+                    if c.metadata.get("nbgrader", {}).get("grade_id") not in self.delete]
+        for cell in nb.cells:
+            gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+            if gid in self.edit:
+                cell.source = self.edit[gid]
         last = 0
         for i, cell in enumerate(nb.cells):
             gid = cell.metadata.get("nbgrader", {}).get("grade_id")
@@ -178,5 +187,14 @@ def cases() -> list[Case]:
                               "def pushforward_log_prob(x, f_inv, df, base_log_prob):\n"
                               "    return base_log_prob(f_inv(x)) - torch.log(df(f_inv(x)))"},
              why="right but for the absolute value: the decreasing map's hidden test fails"),
+        Case("test_editor", 0.0, {}, edit={g: "pass" for g in
+                                           ("part1_visible", "part1_hidden", "part2_visible",
+                                            "part2_hidden", "part3_visible", "part3_hidden")},
+             why="v1 case: test cells replaced by `pass` (restored from the gradebook)"),
+        Case("test_deleter", FULL, dict(good), delete=("part1_visible", "part1_hidden",
+                                                       "part3_hidden"),
+             why="v1 case: test cells deleted, answers right (the tests are put back)"),
+        Case("exiter", 8.0, dict(good), [("code", "import os\nos._exit(0)")],
+             why="v1 case: the kernel exits after part 2: part 3's tests cannot run"),
         Case("blank", 0.0, {}, why="the untouched exercise"),
     ]
