@@ -209,7 +209,9 @@ def _layers():
                                            0.5).double()
 
 
-LAYERS = list(_layers())
+with torch.random.fork_rng(devices=[]):   # the same layers whatever ran before this import
+    torch.manual_seed(0)
+    LAYERS = list(_layers())
 
 
 @pytest.mark.parametrize("inverted", [False, True], ids=["layer", "inv"])
@@ -220,7 +222,10 @@ def test_spline_layers_pass_the_contract(name, layer, inverted):
     ctx = _randn(16, 2, seed=3) if "context" in name else None
     lay = layer.inv if inverted else layer
     report = check_bijection(lay, z, ctx, jacobian_samples=4)
-    assert report["round_trip"] < 1e-9
+    # The sequential inverse of a steep spline loses about ulp / slope per step: over 60 random
+    # layers of the context configuration the round trip erred by up to 5e-9 (either sequential
+    # pass), so 1e-8, check_bijection's float64 tolerance, is the bound to hold.
+    assert report["round_trip"] < 1e-8
     x, _ = lay(z, ctx)
     assert (x - z).abs().max() > 0.1, "the perturbed layer should not be the identity"
 
