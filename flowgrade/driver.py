@@ -646,12 +646,16 @@ class ForkServer:
 
 class ZygotePool:
     """One warm kernel factory per grading slot (flowgrade.sandbox.Zygote), restarted when a
-    submission killed its own; thread-safe per slot (a slot grades one submission at a time)."""
+    submission killed its own; thread-safe per slot (a slot grades one submission at a time).
+    The sockets live in a short private folder of the host's /tmp (a unix socket's path is
+    limited to 107 bytes; the sandbox has a /tmp of its own and never sees this one)."""
 
     def __init__(self, folder: Path, limits: Limits):
+        import tempfile
+
         from .sandbox import SandboxLimits
 
-        self.folder = folder
+        self.folder = Path(tempfile.mkdtemp(prefix="fgz-"))
         self.limits = SandboxLimits(memory_mb=limits.memory_mb,
                                     cpu_seconds=int(limits.timeout) + 30)
         self.zygotes: dict[int, object] = {}
@@ -668,6 +672,7 @@ class ZygotePool:
     def close(self) -> None:
         for z in self.zygotes.values():
             z.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def read_scores(db_path: Path, student: str, assignment: str) -> dict | None:
@@ -775,9 +780,9 @@ def grade_submission(course: Course, sub: Submission, limits: Limits, cache: Ass
     from .sandbox import slot_uid
 
     env["FLOWGRADE_UID_BASE"] = str(slot_uid(0))
-    zygotes = course.work / "zygotes"
-    if (zygotes / f"slot-{slot}.sock").exists():
-        env["FLOWGRADE_ZYGOTES"] = str(zygotes)
+    zygotes = os.environ.get("FLOWGRADE_ZYGOTES_DIR")
+    if zygotes and (Path(zygotes) / f"slot-{slot}.sock").exists():
+        env["FLOWGRADE_ZYGOTES"] = zygotes
     if server is not None:
         code, stopped = server.run(work, job, env, limits)
     else:
@@ -1049,6 +1054,7 @@ def _autograde(course: Course, assignments, students, limits: Limits, force: boo
     if todo and os.environ.get("FLOWS_ZYGOTES", "1") != "0" and shutil.which("bwrap") \
             and limits.executor != "dask":
         zygotes = ZygotePool(course.work / "zygotes", limits)
+        os.environ["FLOWGRADE_ZYGOTES_DIR"] = str(zygotes.folder)
     bar = tqdm(total=len(todo), desc="autograde", unit="sub", file=sys.stderr,
                disable=quiet or not todo, dynamic_ncols=True)
     done = 0

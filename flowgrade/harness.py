@@ -382,6 +382,7 @@ class Harness:
         self.cell_timeout = cell_timeout
         self.student_names = student_names
         self.slot, self.limits, self.start_timeout = slot, limits, start_timeout
+        self._dtype = torch.get_default_dtype()  # the course's cells change it in this process
         self.dead = ""
         self.kernel: Kernel | None = None
         self.history: list[str] = []   # the cells the kernel ran, to replay after a restart
@@ -567,3 +568,4 @@ class Harness:
 
     def close(self) -> None:
         self._die("closed")
+        torch.set_default_dtype(self._dtype)
