@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from .rpc import LRU, AccessDenied, Endpoint, RemoteError
+from .rpc import LRU, AccessDenied, Endpoint, RemoteError, replace_tensors
 from .sandbox import Kernel, SandboxLimits, connect_zygote, start_kernel
 from .wire import Limits, WireError, read_frame
 
@@ -241,7 +241,7 @@ class HarnessEndpoint(Endpoint):
         info = _CallInfo(self, frame.n, ref, args, kwargs, frame.imports, outputs)
         new = RemoteCall.apply(info, *[t for _, t, _ in frame.imports], *outputs)
         swap = {id(old): fresh for old, fresh in zip(outputs, new)}
-        return _replace(result, swap)
+        return replace_tensors(result, swap)
 
 
 @dataclass
@@ -317,8 +317,8 @@ def _check_by_finite_differences(info: _CallInfo, v: list, grads: list) -> None:
         # finite-difference call from a test's own
         swap = {id(t): (t.detach() + sign * eps * u).requires_grad_(True)
                 for (t, _), u in zip(explicit, dirs)}
-        args = _replace(info.args, swap)
-        kwargs = _replace(info.kwargs, swap)
+        args = replace_tensors(info.args, swap)
+        kwargs = replace_tensors(info.kwargs, swap)
         with torch.enable_grad():
             ep.request("call", info.ref, args, kwargs, torch.get_rng_state().numpy().tobytes())
         return [t.detach() for t in ep._last_frame.outputs]
@@ -344,18 +344,6 @@ def _check_by_finite_differences(info: _CallInfo, v: list, grads: list) -> None:
         raise GradientMismatch(
             "the gradient through your function does not match finite differences of its values "
             "(a .detach(), .item(), .numpy() or an in-place write cuts autograd)")
-
-
-def _replace(value: Any, swap: dict) -> Any:
-    if isinstance(value, torch.Tensor):
-        return swap.get(id(value), value)
-    if type(value) is list:
-        return [_replace(v, swap) for v in value]
-    if type(value) is tuple:
-        return tuple(_replace(v, swap) for v in value)
-    if type(value) is dict:
-        return {k: _replace(v, swap) for k, v in value.items()}
-    return value
 
 
 # ============================================================================ notebook runner

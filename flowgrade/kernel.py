@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .rpc import LRU, Endpoint, Proxy
+from .rpc import LRU, Endpoint, Proxy, replace_tensors
 from .wire import Ref, WireError
 
 __all__ = ["KernelEndpoint", "main"]
@@ -163,7 +163,7 @@ class KernelEndpoint(Endpoint):
         swap = {id(t): o for (_, t), o in zip(pending, outs)}
         for (imp, _), o in zip(pending, outs):
             self.imports.put(imp, o)
-        return _replace(value, swap)
+        return replace_tensors(value, swap)
 
     def request(self, op: str, *args: Any) -> Any:
         self._sent_stack.append([])
@@ -283,18 +283,6 @@ class _Capped(io.StringIO):
         elif not self.dropped:
             self.dropped = True
         return len(s)
-
-
-def _replace(value: Any, swap: dict[int, torch.Tensor]) -> Any:
-    if isinstance(value, torch.Tensor):
-        return swap.get(id(value), value)
-    if type(value) is list:
-        return [_replace(v, swap) for v in value]
-    if type(value) is tuple:
-        return tuple(_replace(v, swap) for v in value)
-    if type(value) is dict:
-        return {k: _replace(v, swap) for k, v in value.items()}
-    return value
 
 
 def _make_shell():

@@ -22,7 +22,7 @@ import torch
 
 from .wire import Decoder, Encoder, Limits, Ref, WireError, read_frame, write_frame
 
-__all__ = ["LRU", "RemoteError", "AccessDenied", "Proxy", "Endpoint", "ITER_LIMIT"]
+__all__ = ["LRU", "replace_tensors", "RemoteError", "AccessDenied", "Proxy", "Endpoint", "ITER_LIMIT"]
 
 import builtins
 
@@ -290,6 +290,19 @@ class Endpoint:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def replace_tensors(value: Any, swap: dict) -> Any:
+    """``value`` with each tensor whose id is in ``swap`` replaced (lists, tuples, dicts)."""
+    if isinstance(value, torch.Tensor):
+        return swap.get(id(value), value)
+    if type(value) is list:
+        return [replace_tensors(v, swap) for v in value]
+    if type(value) is tuple:
+        return tuple(replace_tensors(v, swap) for v in value)
+    if type(value) is dict:
+        return {k: replace_tensors(v, swap) for k, v in value.items()}
+    return value
 
 
 def _iterate(obj: Any, _: Any) -> list:

@@ -175,6 +175,19 @@ def _limit(limits: SandboxLimits):
     return apply
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill a sandbox's whole process group (bwrap and all inside) and reap it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, 9)
+        except OSError:
+            proc.kill()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 class Kernel:
     """A running sandboxed kernel: its process (None when a zygote forked it: closing the
     socket makes the zygote kill it) and the harness's end of the socket."""
@@ -186,15 +199,7 @@ class Kernel:
         if self.proc is None:
             self._sock.close()
             return
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, 9)
-            except OSError:
-                self.proc.kill()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        _stop(self.proc)
         self._sock.close()
 
 
@@ -284,15 +289,7 @@ class Zygote:
         return healthy and self.alive()
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, 9)
-            except OSError:
-                self.proc.kill()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        _stop(self.proc)
         try:
             self.path.unlink()
         except OSError:
