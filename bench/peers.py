@@ -158,7 +158,7 @@ def realnvp(lib: str, dim: int, layers: int = 8, hidden: Sequence[int] = (64, 64
     if lib == "flowlib":
         import flowlib
 
-        flow = flowlib.models.realnvp(dim=dim, layers=layers, hidden=hidden, mask=even)
+        flow = flowlib.models.realnvp(features=dim, layers=layers, hidden=hidden, mask=even)
         return Model(flow, flow.log_prob, flow.sample, flow.sample_and_log_prob)
     if lib == "zuko":
         import zuko

@@ -2,6 +2,13 @@
 
 Direction follows the lectures: ``forward`` is generative (z -> x), ``inverse`` normalizing
 (x -> z); both return ``(value, log|det J|)`` with one log-determinant per sample.
+
+One name per idea across layers and factories: ``features`` is the size of a vector event
+``[B, D]`` (never ``dim``, which in PyTorch names an axis), ``shape`` an event shape (an int or
+``(C, H, W)``), ``layers`` the number of layers, ``hidden`` the conditioner's widths, ``context``
+the size of a conditioning vector, ``log_scale_bound`` the soft clamp of an affine log-scale,
+``order`` a MADE ordering (``"natural"``, ``"reversed"``, ``"random"`` or a permutation).
+``tests/test_api.py`` holds the library to it.
 """
 
 from . import data, metrics, testing, train, viz

@@ -46,8 +46,6 @@ field gives samples *and* exact (up to the solver) log-densities.
 from __future__ import annotations
 
 import math
-import sys
-import time
 from typing import Any, Sequence
 
 import torch
@@ -55,7 +53,7 @@ from torch import Tensor, nn
 
 from .bijection import Bijection, check_input
 from .distributions import Flow, StandardNormal
-from .train import History, _batches, _optimizer, _progress_enabled, _update, device as _device
+from .train import History, batches, device as _device, train_loop
 
 __all__ = ["VelocityField", "ContinuousFlow", "flow_matching_loss", "fit_flow_matching",
            "continuous_flow"]
@@ -67,14 +65,14 @@ class VelocityField(nn.Module):
     ODE solver and the trace need derivatives. ``forward(h, t)`` with ``t`` a float or a tensor
     ``[B]`` / ``[B, 1]``."""
 
-    def __init__(self, dim: int, hidden: Sequence[int] = (64, 64), time_frequencies: int = 2):
+    def __init__(self, features: int, hidden: Sequence[int] = (64, 64), time_frequencies: int = 2):
         super().__init__()
-        self.dim, self.frequencies = int(dim), int(time_frequencies)
-        sizes = [self.dim + 1 + 2 * self.frequencies, *map(int, hidden)]
+        self.features, self.frequencies = int(features), int(time_frequencies)
+        sizes = [self.features + 1 + 2 * self.frequencies, *map(int, hidden)]
         layers: list[nn.Module] = []
         for a, b in zip(sizes[:-1], sizes[1:]):
             layers += [nn.Linear(a, b), nn.SiLU()]
-        layers.append(nn.Linear(sizes[-1], self.dim))
+        layers.append(nn.Linear(sizes[-1], self.features))
         self.net = nn.Sequential(*layers)
 
     def time_features(self, t: Tensor | float, h: Tensor) -> Tensor:
@@ -116,18 +114,18 @@ class ContinuousFlow(Bijection):
 
     Args:
         field: a module ``field(h, t) -> v`` with ``h [B, D]``, e.g. :class:`VelocityField`.
-        dim: :math:`D` (vectors ``[B, D]`` only).
+        features: :math:`D` (vectors ``[B, D]`` only).
         steps: RK4 steps on :math:`[0, 1]`.
         trace: ``"exact"`` or ``"hutchinson"`` (one Rademacher probe per sample, stochastic).
     """
 
-    def __init__(self, field: nn.Module, dim: int, steps: int = 32, trace: str = "exact"):
+    def __init__(self, field: nn.Module, features: int, steps: int = 32, trace: str = "exact"):
         super().__init__()
         if trace not in ("exact", "hutchinson"):
             raise ValueError(f"ContinuousFlow: trace must be 'exact' or 'hutchinson', got {trace!r}")
         if steps < 1:
             raise ValueError(f"ContinuousFlow: steps must be >= 1, got {steps}")
-        self.field, self.dim, self.steps, self.trace = field, int(dim), int(steps), trace
+        self.field, self.features, self.steps, self.trace = field, int(features), int(steps), trace
 
     def integrate(self, h: Tensor, t0: float = 0.0, t1: float = 1.0) -> tuple[Tensor, Tensor]:
         """RK4 from ``t0`` to ``t1`` (``steps`` steps per unit of time, at least one) of the state
@@ -150,21 +148,21 @@ class ContinuousFlow(Bijection):
         return h, ladj
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_input(z, dims=(self.dim,), ndim=(2,), name=type(self).__name__)
+        check_input(z, dims=(self.features,), ndim=(2,), name=type(self).__name__)
         return self.integrate(z, 0.0, 1.0)
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_input(x, dims=(self.dim,), ndim=(2,), name=type(self).__name__)
+        check_input(x, dims=(self.features,), ndim=(2,), name=type(self).__name__)
         # integrating from 1 to 0 accumulates int_1^0 tr = -int_0^1 tr: the inverse's ladj
         return self.integrate(x, 1.0, 0.0)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, steps={self.steps}, trace={self.trace!r}"
+        return f"features={self.features}, steps={self.steps}, trace={self.trace!r}"
 
 
-def continuous_flow(field: nn.Module, dim: int, steps: int = 32, trace: str = "exact") -> Flow:
+def continuous_flow(field: nn.Module, features: int, steps: int = 32, trace: str = "exact") -> Flow:
     """A :class:`ContinuousFlow` of ``field`` on a standard normal base."""
-    return Flow(ContinuousFlow(field, dim, steps, trace), StandardNormal(dim))
+    return Flow(ContinuousFlow(field, features, steps, trace), StandardNormal(features))
 
 
 def flow_matching_loss(field: nn.Module, x1: Tensor, sigma_min: float = 0.0,
@@ -190,31 +188,16 @@ def fit_flow_matching(field: nn.Module, data: Any, steps: int = 2000, batch_size
     """Train ``field`` by flow matching with Adam; ``data`` as in :func:`flowlib.fit` (a tensor, a
     density with ``.sample``, or a callable). Returns a :class:`~flowlib.train.History` of the
     per-step regression losses (not log-likelihoods)."""
-    from tqdm.auto import tqdm
-
     if steps < 1 or batch_size < 1:
         raise ValueError(f"fit_flow_matching: steps and batch_size must be positive, got {steps}, {batch_size}")
     dev = torch.device(dev) if dev is not None else _device()
     field.to(dev)
     params = [p for p in field.parameters() if p.requires_grad]
-    opt, sched = _optimizer(params, lr, steps, schedule, "fit_flow_matching", 0.0)
-    next_batch = _batches(data, batch_size, dev, generator)
-    hist = History(device=str(dev))
-    bar = tqdm(range(steps), disable=not _progress_enabled(progress), file=sys.stderr,
-               desc=f"flow matching on {dev.type}", mininterval=0.5, leave=False)
-    start = time.perf_counter()
+    next_batch = batches(data, batch_size, dev, generator)
     field.train()
-    for _ in bar:
-        loss = flow_matching_loss(field, next_batch(), sigma_min)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            bar.close()
-            raise FloatingPointError(f"fit_flow_matching: the loss is {value}")
-        _update(loss, opt, sched, params, clip)
-        hist.loss.append(value)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    hist.seconds = time.perf_counter() - start
-    bar.close()
-    field.eval()
-    return hist
+    try:
+        return train_loop(lambda step: flow_matching_loss(field, next_batch(), sigma_min), params,
+                          steps, lr, who="fit_flow_matching", dev=dev, schedule=schedule, clip=clip,
+                          quantity="regression loss", progress=progress)
+    finally:
+        field.eval()

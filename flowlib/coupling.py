@@ -58,22 +58,22 @@ __all__ = ["half_mask", "alternating_mask", "checkerboard_mask", "channel_mask",
 # ---------------------------------------------------------------------------- masks
 
 
-def half_mask(dim: int, flip: bool = False) -> Tensor:
-    """A vector mask ``[dim]``: ``True`` on the first ``ceil(dim/2)`` coordinates (on the others
+def half_mask(features: int, flip: bool = False) -> Tensor:
+    """A vector mask ``[features]``: ``True`` on the first ``ceil(features/2)`` coordinates (on the others
     when ``flip``). Alternate ``flip`` from one coupling to the next so that every coordinate gets
     transformed."""
-    if int(dim) < 2:
-        raise ValueError(f"half_mask: a coupling needs at least 2 dimensions, got {dim}")
-    mask = torch.arange(int(dim)) < (int(dim) + 1) // 2
+    if int(features) < 2:
+        raise ValueError(f"half_mask: a coupling needs at least 2 dimensions, got {features}")
+    mask = torch.arange(int(features)) < (int(features) + 1) // 2
     return ~mask if flip else mask
 
 
-def alternating_mask(dim: int, flip: bool = False) -> Tensor:
-    """A vector mask ``[dim]``: ``True`` on the even coordinates ``0, 2, 4, ...`` (on the odd
+def alternating_mask(features: int, flip: bool = False) -> Tensor:
+    """A vector mask ``[features]``: ``True`` on the even coordinates ``0, 2, 4, ...`` (on the odd
     ones when ``flip``), NICE's partition of the pixels of an image seen as a vector."""
-    if int(dim) < 2:
-        raise ValueError(f"alternating_mask: a coupling needs at least 2 dimensions, got {dim}")
-    mask = torch.arange(int(dim)) % 2 == 0
+    if int(features) < 2:
+        raise ValueError(f"alternating_mask: a coupling needs at least 2 dimensions, got {features}")
+    mask = torch.arange(int(features)) % 2 == 0
     return ~mask if flip else mask
 
 

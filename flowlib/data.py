@@ -70,7 +70,7 @@ class ToyDensity:
 
     name: str = "toy"
     bounds: tuple[float, float] = (-4.0, 4.0)
-    dim: int = 2
+    features: int = 2
 
     def _log_prob64(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -322,7 +322,7 @@ class Waveforms:
     r"""Short noisy "waveforms" with an exact density: a mixture of stationary Gaussian AR(2)
     processes, one per pitch.
 
-    A window of ``dim`` samples picks a period :math:`T_k` uniformly from ``periods`` and follows
+    A window of ``features`` samples picks a period :math:`T_k` uniformly from ``periods`` and follows
     the damped resonator :math:`x_t = a_1 x_{t-1} + a_2 x_{t-2} + \varepsilon_t`,
     :math:`a_1 = 2r\cos(2\pi/T_k)`, :math:`a_2 = -r^2`, :math:`\varepsilon_t \sim
     \mathcal N(0, s_k^2)`, started in its stationary law (unit variance, lag-one correlation
@@ -339,12 +339,12 @@ class Waveforms:
 
     name = "waveforms"
 
-    def __init__(self, dim: int = 64, periods: tuple[float, ...] = (16.0, 8.0, 5.0),
+    def __init__(self, features: int = 64, periods: tuple[float, ...] = (16.0, 8.0, 5.0),
                  damping: float = 0.95):
-        if int(dim) < 2 or not periods or not 0 < damping < 1:
-            raise ValueError(f"Waveforms: need dim >= 2, at least one period and 0 < damping < 1, "
-                             f"got {dim}, {periods}, {damping}")
-        self.dim = int(dim)
+        if int(features) < 2 or not periods or not 0 < damping < 1:
+            raise ValueError(f"Waveforms: need features >= 2, at least one period and 0 < damping < 1, "
+                             f"got {features}, {periods}, {damping}")
+        self.features = int(features)
         self.periods = tuple(float(p) for p in periods)
         self.damping = float(damping)
         r = self.damping
@@ -362,7 +362,7 @@ class Waveforms:
         lp = -0.5 * x[:, :1] ** 2 - c                                       # x_1 ~ N(0, 1)
         v2 = 1 - rho1 ** 2
         lp = lp - 0.5 * (x[:, 1:2] - rho1 * x[:, :1]) ** 2 / v2 - 0.5 * torch.log(v2) - c
-        if self.dim > 2:
+        if self.features > 2:
             pred = a1[None, :, None] * x[:, None, 1:-1] + a2[None, :, None] * x[:, None, :-2]
             res = x[:, None, 2:] - pred                                     # [N, K, D-2]
             lp = lp + (-0.5 * res ** 2 / s2[None, :, None]
@@ -372,8 +372,8 @@ class Waveforms:
     def log_prob(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
             x = torch.as_tensor(x)
-        if x.dim() != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"Waveforms.log_prob: expected shape [N, {self.dim}], "
+        if x.dim() != 2 or x.shape[1] != self.features:
+            raise ValueError(f"Waveforms.log_prob: expected shape [N, {self.features}], "
                              f"got {tuple(x.shape)}")
         lp = self._component_log_prob(x.detach().cpu().double())
         out = torch.logsumexp(lp, 1) - math.log(len(self.periods))
@@ -386,11 +386,11 @@ class Waveforms:
             raise ValueError(f"Waveforms.sample: n must be positive, got {n}")
         k = torch.randint(0, len(self.periods), (n,), generator=generator)
         a1, a2, rho1, s2 = self.a1[k], self.a2[k], self.rho1[k], self.s2[k]
-        e = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
-        x = torch.empty(n, self.dim, dtype=torch.float64)
+        e = torch.randn(n, self.features, dtype=torch.float64, generator=generator)
+        x = torch.empty(n, self.features, dtype=torch.float64)
         x[:, 0] = e[:, 0]
         x[:, 1] = rho1 * x[:, 0] + torch.sqrt(1 - rho1 ** 2) * e[:, 1]
-        for t in range(2, self.dim):
+        for t in range(2, self.features):
             x[:, t] = a1 * x[:, t - 1] + a2 * x[:, t - 2] + torch.sqrt(s2) * e[:, t]
         return x.to(dtype)
 
@@ -401,9 +401,9 @@ class Waveforms:
         return Estimate(-lp.mean().item(), (lp.std() / math.sqrt(n)).item())
 
     def __repr__(self) -> str:
-        return f"Waveforms(dim={self.dim}, periods={self.periods}, damping={self.damping})"
+        return f"Waveforms(features={self.features}, periods={self.periods}, damping={self.damping})"
 
 
-def waveforms(n: int, dim: int = 64, generator: torch.Generator | None = None) -> Tensor:
-    """``n`` windows ``[n, dim]`` (float32) from :class:`Waveforms` with its default pitches."""
-    return Waveforms(dim).sample(n, generator)
+def waveforms(n: int, features: int = 64, generator: torch.Generator | None = None) -> Tensor:
+    """``n`` windows ``[n, features]`` (float32) from :class:`Waveforms` with its default pitches."""
+    return Waveforms(features).sample(n, generator)

@@ -26,8 +26,6 @@ with each term in closed form (:func:`gaussian_kl`): :func:`gaussian_ar_kl`.
 from __future__ import annotations
 
 import math
-import sys
-import time
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +35,7 @@ from .bijection import Compose, Inverse
 from .maps import AffineMap
 from .data import Estimate
 from .distributions import Flow, StandardNormal
-from .train import History, device, make_optimizer, optimizer_step, progress_enabled
+from .train import History, device, train_loop
 
 __all__ = ["kl_samples", "kl_estimate", "gaussian_kl", "gaussian_ar_kl", "distill"]
 
@@ -195,8 +193,6 @@ def distill(student: nn.Module, teacher: nn.Module, steps: int = 1000, batch_siz
 
     A non-finite estimate raises ``FloatingPointError`` before the update.
     """
-    from tqdm.auto import tqdm
-
     _check_pair(student, teacher)
     if steps < 1 or batch_size < 1:
         raise ValueError(f"distill: steps and batch_size must be positive, got {steps}, "
@@ -217,7 +213,11 @@ def distill(student: nn.Module, teacher: nn.Module, steps: int = 1000, batch_siz
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
         raise ValueError("distill: the student has no trainable parameters")
-    opt, sched = make_optimizer(params, lr, steps, schedule, "distill")
+
+    def loss_at(step: int) -> Tensor:
+        if step < n_warm:
+            return _forward_cross_entropy(student, teacher, batch_size)
+        return estimate(student, teacher, batch_size).mean()
 
     # Freeze the teacher: gradients still flow *through* its log-density into the samples, but
     # none accumulate in its parameters (and eval mode fixes e.g. batch-norm statistics).
@@ -225,33 +225,12 @@ def distill(student: nn.Module, teacher: nn.Module, steps: int = 1000, batch_siz
     teacher.eval()
     for p in teacher_params:
         p.requires_grad_(False)
-    hist = History(device=str(dev))
-    bar = tqdm(range(steps), disable=not progress_enabled(progress), file=sys.stderr,
-               desc=f"distill on {dev.type}", mininterval=0.5, leave=False)
-    start = time.perf_counter()
     student.train()
     try:
-        for step in bar:
-            if step < n_warm:
-                loss = _forward_cross_entropy(student, teacher, batch_size)
-            else:
-                loss = estimate(student, teacher, batch_size).mean()
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"distill: the KL estimate is {value} at step {step}; parameters kept from "
-                    f"step {step - 1}. Try a lower learning rate.")
-            optimizer_step(loss, opt, sched, params, clip)
-            hist.loss.append(value)
-            if step % 50 == 0:
-                bar.set_postfix(kl=f"{value:.3f}")
+        return train_loop(loss_at, params, steps, lr, who="distill", dev=dev, schedule=schedule,
+                          clip=clip, quantity="KL estimate", progress=progress)
     finally:
-        bar.close()
         for p, f in zip(teacher_params, flags):
             p.requires_grad_(f)
         teacher.train(was_training)
         student.eval()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    hist.seconds = time.perf_counter() - start
-    return hist

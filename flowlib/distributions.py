@@ -43,7 +43,7 @@ class BaseDistribution(nn.Module):
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
     @property
-    def dim(self) -> int:
+    def features(self) -> int:
         return math.prod(self.event_shape)
 
     def _check(self, z: Tensor) -> None:
@@ -72,7 +72,7 @@ class StandardNormal(BaseDistribution):
 
     def log_prob(self, z: Tensor) -> Tensor:
         self._check(z)
-        return -0.5 * sum_except_batch(z * z) - 0.5 * self.dim * _LOG_2PI
+        return -0.5 * sum_except_batch(z * z) - 0.5 * self.features * _LOG_2PI
 
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:
         a = self._anchor
@@ -98,7 +98,7 @@ class DiagonalGaussian(BaseDistribution):
     def log_prob(self, z: Tensor) -> Tensor:
         self._check(z)
         u = (z - self.loc) * torch.exp(-self.log_scale)
-        return sum_except_batch(-0.5 * u * u - self.log_scale) - 0.5 * self.dim * _LOG_2PI
+        return sum_except_batch(-0.5 * u * u - self.log_scale) - 0.5 * self.features * _LOG_2PI
 
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:
         eps = torch.randn(self._noise_shape(n), device=self.loc.device, dtype=self.loc.dtype)

@@ -39,7 +39,7 @@ class ImageData:
         return tuple(self.train.shape[1:])
 
     @property
-    def dim(self) -> int:
+    def features(self) -> int:
         return int(self.train[0].numel())
 
 

@@ -10,9 +10,9 @@ from .bijection import Bijection
 __all__ = ["Linear", "Permutation"]
 
 
-def _check_vector(x: Tensor, dim: int, name: str) -> None:
-    if x.dim() != 2 or x.shape[1] != dim:
-        raise ValueError(f"{name}: expected shape [B, {dim}], got {tuple(x.shape)}")
+def _check_vector(x: Tensor, features: int, name: str) -> None:
+    if x.dim() != 2 or x.shape[1] != features:
+        raise ValueError(f"{name}: expected shape [B, {features}], got {tuple(x.shape)}")
 
 
 class Linear(Bijection):
@@ -28,22 +28,22 @@ class Linear(Bijection):
     fragility is why later chapters use structured Jacobians instead.
     """
 
-    def __init__(self, dim: int, bias: bool = True):
+    def __init__(self, features: int, bias: bool = True):
         super().__init__()
-        self.dim = int(dim)
-        q, _ = torch.linalg.qr(torch.randn(self.dim, self.dim))
+        self.features = int(features)
+        q, _ = torch.linalg.qr(torch.randn(self.features, self.features))
         self.weight = nn.Parameter(q)
-        self.bias = nn.Parameter(torch.zeros(self.dim)) if bias else None
+        self.bias = nn.Parameter(torch.zeros(self.features)) if bias else None
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        _check_vector(z, self.dim, "Linear")
+        _check_vector(z, self.features, "Linear")
         x = z @ self.weight.T
         if self.bias is not None:
             x = x + self.bias
         return x, torch.linalg.slogdet(self.weight)[1].expand(z.shape[0])
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        _check_vector(x, self.dim, "Linear")
+        _check_vector(x, self.features, "Linear")
         if self.bias is not None:
             x = x - self.bias
         z = torch.linalg.solve(self.weight, x.T).T
@@ -69,12 +69,12 @@ class Permutation(Bijection):
         self.register_buffer("inverse_perm", torch.argsort(perm))
 
     @classmethod
-    def reverse(cls, dim: int) -> "Permutation":
-        return cls(torch.arange(dim - 1, -1, -1))
+    def reverse(cls, features: int) -> "Permutation":
+        return cls(torch.arange(features - 1, -1, -1))
 
     @classmethod
-    def random(cls, dim: int, generator: torch.Generator | None = None) -> "Permutation":
-        return cls(torch.randperm(dim, generator=generator))
+    def random(cls, features: int, generator: torch.Generator | None = None) -> "Permutation":
+        return cls(torch.randperm(features, generator=generator))
 
     def _check(self, x: Tensor) -> None:
         if x.dim() < 2 or x.shape[1] != len(self.perm):
@@ -90,4 +90,4 @@ class Permutation(Bijection):
         return x[:, self.inverse_perm], x.new_zeros(x.shape[0])
 
     def extra_repr(self) -> str:
-        return f"dim={len(self.perm)}"
+        return f"features={len(self.perm)}"

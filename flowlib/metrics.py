@@ -29,7 +29,7 @@ def nll(flow: nn.Module, x: Tensor, batch_size: int = 4096) -> float:
     return float(-_log_prob_batched(flow, x, batch_size).double().mean())
 
 
-def bits_per_dim(nll_nats: float, dim: int, levels: int | None = None) -> float:
+def bits_per_dim(nll_nats: float, features: int, levels: int | None = None) -> float:
     r"""Convert a per-sample NLL in nats to bits per dimension.
 
     For data dequantized to :math:`x = (v + u)/L \in [0,1)^D` (``levels`` :math:`= L`), the
@@ -37,8 +37,8 @@ def bits_per_dim(nll_nats: float, dim: int, levels: int | None = None) -> float:
 
     .. math:: \text{bits/dim} = \frac{\text{NLL}_x + D \log L}{D \log 2}.
     """
-    extra = dim * math.log(levels) if levels is not None else 0.0
-    return (nll_nats + extra) / (dim * math.log(2))
+    extra = features * math.log(levels) if levels is not None else 0.0
+    return (nll_nats + extra) / (features * math.log(2))
 
 
 def kl_to_truth(flow: nn.Module, density, n: int = 50_000, seed: int = 123,

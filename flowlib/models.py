@@ -23,33 +23,33 @@ from .spline import SplineAutoregressive, SplineCoupling
 __all__: list[str] = ["maf", "iaf", "nice", "realnvp", "glow", "nsf"]
 
 
-def _autoregressive_orders(dim: int, layers: int, permutation: str, seed: int) -> list[Tensor]:
+def _autoregressive_orders(features: int, layers: int, permutation: str, seed: int) -> list[Tensor]:
     """The MADE ordering of each layer. Permuting the coordinates between two layers is the same
     as giving the next layer the permuted ordering, so the stack needs no Permutation layers:
     those would move data every pass for nothing (a standard normal base is unchanged by the
     final permutation that remains)."""
     g = torch.Generator().manual_seed(seed)
     if permutation in ("reversed", "reverse"):
-        return [made_order(dim, "natural" if k % 2 == 0 else "reversed") for k in range(layers)]
+        return [made_order(features, "natural" if k % 2 == 0 else "reversed") for k in range(layers)]
     if permutation == "random":
-        return [made_order(dim, "natural")] + [made_order(dim, "random", g) for _ in range(layers - 1)]
+        return [made_order(features, "natural")] + [made_order(features, "random", g) for _ in range(layers - 1)]
     if permutation == "none":
-        return [made_order(dim, "natural")] * layers
+        return [made_order(features, "natural")] * layers
     raise ValueError(f"permutation must be 'reversed', 'random' or 'none', got {permutation!r}")
 
 
-def _autoregressive_stack(dim: int, layers: int, hidden: Sequence[int], permutation: str,
+def _autoregressive_stack(features: int, layers: int, hidden: Sequence[int], permutation: str,
                           context: int, activation: str, log_scale_bound: float | None,
                           invert: bool, seed: int) -> Compose:
     blocks: list[Bijection] = []
-    for order in _autoregressive_orders(dim, layers, permutation, seed):
-        layer = MaskedAutoregressive(dim, hidden, elementwise=AffineMap(log_scale_bound),
+    for order in _autoregressive_orders(features, layers, permutation, seed):
+        layer = MaskedAutoregressive(features, hidden, elementwise=AffineMap(log_scale_bound),
                                      order=order, context=context, activation=activation)
         blocks.append(layer.inv if invert else layer)
     return Compose(*blocks)
 
 
-def maf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), *,
+def maf(features: int, layers: int = 5, hidden: Sequence[int] = (64, 64), *,
         permutation: str = "reversed", context: int = 0, activation: str = "relu",
         log_scale_bound: float | None = 3.0, seed: int = 0) -> Flow:
     r"""Masked autoregressive flow (Papamakarios et al., 2017): ``layers`` :class:`MaskedAutoregressive`
@@ -59,7 +59,7 @@ def maf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), *,
     one throughout. That is the classic permutation between layers, folded into the MADEs'
     orderings (see ``_autoregressive_orders``).
 
-    ``log_prob`` costs one MADE pass per layer; ``sample`` takes ``dim`` sequential steps per
+    ``log_prob`` costs one MADE pass per layer; ``sample`` takes ``features`` sequential steps per
     layer, with about one MADE pass of arithmetic in all (:mod:`flowlib.sequential`).
     ``context`` > 0 makes a conditional flow (pass ``context=`` to ``log_prob``/``sample``).
     ``log_scale_bound`` is the soft clamp of each layer's log-scale (:class:`~flowlib.maps.AffineMap`).
@@ -69,24 +69,24 @@ def maf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), *,
         >>> flow.log_prob(torch.randn(8, 2)).shape
         torch.Size([8])
     """
-    stack = _autoregressive_stack(dim, layers, hidden, permutation, context, activation,
+    stack = _autoregressive_stack(features, layers, hidden, permutation, context, activation,
                                   log_scale_bound, invert=False, seed=seed)
-    return Flow(stack, StandardNormal(dim))
+    return Flow(stack, StandardNormal(features))
 
 
-def iaf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), *,
+def iaf(features: int, layers: int = 5, hidden: Sequence[int] = (64, 64), *,
         permutation: str = "reversed", context: int = 0, activation: str = "relu",
         log_scale_bound: float | None = 3.0, seed: int = 0) -> Flow:
     r"""Inverse autoregressive flow (Kingma et al., 2016): the layers of :func:`maf`, each
     inverted with ``.inv`` (the same parameters, directions swapped).
 
     ``sample`` and ``sample_and_log_prob`` cost one MADE pass per layer (the density of its own
-    samples comes with them); ``log_prob`` of given data takes ``dim`` sequential steps per layer
+    samples comes with them); ``log_prob`` of given data takes ``features`` sequential steps per layer
     (about one MADE pass of arithmetic when no gradient is recorded, :mod:`flowlib.sequential`).
     """
-    stack = _autoregressive_stack(dim, layers, hidden, permutation, context, activation,
+    stack = _autoregressive_stack(features, layers, hidden, permutation, context, activation,
                                   log_scale_bound, invert=True, seed=seed)
-    return Flow(stack, StandardNormal(dim))
+    return Flow(stack, StandardNormal(features))
 
 
 # ---------------------------------------------------------------------------- coupling flows
@@ -109,11 +109,11 @@ def _layer_count(who: str, layers: int | None, old: int | None, old_name: str,
     return layers
 
 
-def _image_shape(name: str, dim: int | None, shape: Sequence[int] | None) -> tuple[int, ...] | None:
-    """``shape`` as ``(C, H, W)`` for an image model, ``None`` for a vector model (``dim``);
+def _image_shape(name: str, features: int | None, shape: Sequence[int] | None) -> tuple[int, ...] | None:
+    """``shape`` as ``(C, H, W)`` for an image model, ``None`` for a vector model (``features``);
     exactly one of the two must be given."""
-    if (dim is None) == (shape is None):
-        raise ValueError(f"{name}: give either dim (vectors) or shape=(C, H, W) (images)")
+    if (features is None) == (shape is None):
+        raise ValueError(f"{name}: give either features (vectors) or shape=(C, H, W) (images)")
     if shape is None:
         return None
     shp = tuple(int(s) for s in shape)
@@ -122,26 +122,26 @@ def _image_shape(name: str, dim: int | None, shape: Sequence[int] | None) -> tup
     return shp
 
 
-def _vector_masks(dim: int, mask: str | Tensor) -> tuple[Tensor, Tensor]:
+def _vector_masks(features: int, mask: str | Tensor) -> tuple[Tensor, Tensor]:
     """The two complementary vector masks the couplings alternate between."""
     import torch
 
     if isinstance(mask, str):
         if mask == "alternating":
-            m = alternating_mask(dim)
+            m = alternating_mask(features)
         elif mask == "half":
-            m = half_mask(dim)
+            m = half_mask(features)
         else:
-            raise ValueError(f"mask must be 'alternating', 'half' or a boolean tensor [dim], "
+            raise ValueError(f"mask must be 'alternating', 'half' or a boolean tensor [features], "
                              f"got {mask!r}")
     else:
         m = torch.as_tensor(mask).bool().flatten()
-        if m.numel() != dim:
-            raise ValueError(f"mask has {m.numel()} entries, expected dim = {dim}")
+        if m.numel() != features:
+            raise ValueError(f"mask has {m.numel()} entries, expected features = {features}")
     return m, ~m
 
 
-def nice(dim: int, layers: int | None = None, hidden: Sequence[int] = (64, 64), *,
+def nice(features: int, layers: int | None = None, hidden: Sequence[int] = (64, 64), *,
          mask: str | Tensor = "alternating", rescale: bool = True, base: str = "normal",
          logit: float | None = None, context: int = 0, activation: str = "relu",
          init_std: float | None = None, couplings: int | None = None) -> Flow:
@@ -156,9 +156,9 @@ def nice(dim: int, layers: int | None = None, hidden: Sequence[int] = (64, 64), 
     rescaling changes volume. ``rescale=False`` gives a volume-preserving flow.
 
     Args:
-        dim: the data dimension (at least 2).
+        features: the data dimension (at least 2).
         mask: ``"alternating"`` (even/odd coordinates, as in the paper), ``"half"`` (first/second
-            half), or a boolean tensor ``[dim]`` (``True`` = conditioning part of the first layer).
+            half), or a boolean tensor ``[features]`` (``True`` = conditioning part of the first layer).
         logit: if given, the data lie in :math:`[0, 1]^D` (e.g. dequantized pixels) and the flow
             starts with :class:`~flowlib.preprocess.LogitPreprocess` with this :math:`\alpha`.
         context: size of an optional context vector given to every conditioner.
@@ -173,15 +173,15 @@ def nice(dim: int, layers: int | None = None, hidden: Sequence[int] = (64, 64), 
     if base not in ("normal", "logistic"):
         raise ValueError(f"nice: base must be 'normal' or 'logistic', got {base!r}")
     couplings = _layer_count("nice", layers, couplings, "couplings", 6)
-    masks = _vector_masks(dim, mask)
+    masks = _vector_masks(features, mask)
     steps: list[Bijection] = []  # normalizing order: data first
     if logit is not None:
         steps.append(LogitPreprocess(logit))
     steps += [AdditiveCoupling(masks[k % 2], hidden=hidden, context=context, activation=activation,
                                init_std=init_std) for k in range(couplings)]
     if rescale:
-        steps.append(Rescale(dim))
-    prior = StandardNormal(dim) if base == "normal" else StandardLogistic(dim)
+        steps.append(Rescale(features))
+    prior = StandardNormal(features) if base == "normal" else StandardLogistic(features)
     return Flow(Compose(*reversed(steps)), prior)
 
 
@@ -213,20 +213,20 @@ def _realnvp_image(shape: tuple[int, int, int], couplings: int, hidden: int, blo
     return level(*shape, 0)
 
 
-def realnvp(dim: int | None = None, *, shape: Sequence[int] | None = None,
+def realnvp(features: int | None = None, *, shape: Sequence[int] | None = None,
             layers: int | None = None, hidden: int | Sequence[int] | None = None,
             blocks: int = 1, scales: int = 2, mask: str | Tensor = "alternating",
             batch_norm: bool = False, logit: float | None = None, context: int = 0,
             activation: str = "relu", log_scale_bound: float | None = 2.0,
             couplings: int | None = None) -> Flow:
-    r"""RealNVP (Dinh et al., 2017) with a standard normal base, for vectors (``dim=``) or images
+    r"""RealNVP (Dinh et al., 2017) with a standard normal base, for vectors (``features=``) or images
     (``shape=(C, H, W)``).
 
     **Vectors.** ``layers`` (default 8) :class:`~flowlib.coupling.AffineCoupling` layers with
     MLP conditioners, the partition alternating between ``mask`` and its complement
-    (``"alternating"``, ``"half"`` or a boolean tensor ``[dim]``, e.g. a flattened
+    (``"alternating"``, ``"half"`` or a boolean tensor ``[features]``, e.g. a flattened
     :func:`~flowlib.coupling.checkerboard_mask` for images seen as vectors). ``hidden`` defaults to
-    ``(64, 64)`` for ``dim <= 16`` and ``(32, 32)`` above: on the 1500 training digits
+    ``(64, 64)`` for ``features <= 16`` and ``(32, 32)`` above: on the 1500 training digits
     (``dim=64``) wider conditioners overfit within 2000 steps.
 
     **Images: the multi-scale architecture.** At each scale, in the normalizing direction:
@@ -251,7 +251,7 @@ def realnvp(dim: int | None = None, *, shape: Sequence[int] | None = None,
         >>> flow.sample(4).shape
         torch.Size([4, 1, 8, 8])
     """
-    shp = _image_shape("realnvp", dim, shape)
+    shp = _image_shape("realnvp", features, shape)
     steps: list[Bijection] = []  # normalizing order: data first
     if logit is not None:
         steps.append(LogitPreprocess(logit))
@@ -260,17 +260,17 @@ def realnvp(dim: int | None = None, *, shape: Sequence[int] | None = None,
                               32 if hidden is None else int(hidden), blocks,  # type: ignore[arg-type]
                               scales, batch_norm, context, activation, log_scale_bound)
         return Flow(Compose(body, *reversed(steps)), StandardNormal(shp))
-    dim = int(dim)  # type: ignore[arg-type]
+    features = int(features)  # type: ignore[arg-type]
     couplings = _layer_count("realnvp", layers, couplings, "couplings", 8)
     if hidden is None:
-        hidden = (64, 64) if dim <= 16 else (32, 32)
-    masks = _vector_masks(dim, mask)
+        hidden = (64, 64) if features <= 16 else (32, 32)
+    masks = _vector_masks(features, mask)
     for k in range(couplings):
         steps.append(AffineCoupling(masks[k % 2], hidden=hidden, context=context,
                                     activation=activation, log_scale_bound=log_scale_bound))
         if batch_norm and k < couplings - 1:
-            steps.append(BatchNormFlow(dim))
-    return Flow(Compose(*reversed(steps)), StandardNormal(dim))
+            steps.append(BatchNormFlow(features))
+    return Flow(Compose(*reversed(steps)), StandardNormal(features))
 
 
 # ---------------------------------------------------------------------------- Glow
@@ -307,7 +307,7 @@ def _glow_image(shape: tuple[int, int, int], steps: int, hidden: int, blocks: in
     return level(*shape, 0)
 
 
-def glow(dim: int | None = None, *, shape: Sequence[int] | None = None, layers: int | None = None,
+def glow(features: int | None = None, *, shape: Sequence[int] | None = None, layers: int | None = None,
          hidden: int | Sequence[int] | None = None, blocks: int = 1, scales: int = 2,
          permutation: str = "lu", learned_prior: bool = True, logit: float | None = None,
          context: int = 0, activation: str = "relu",
@@ -317,8 +317,8 @@ def glow(dim: int | None = None, *, shape: Sequence[int] | None = None, layers: 
     actnorm, invertible 1x1 convolution, affine coupling with a fixed half/channel mask), standard
     normal base.
 
-    **Vectors** (``dim``): ``layers`` (default 8) steps of flow with :class:`~flowlib.coupling.MLP`
-    conditioners (``hidden`` defaults to ``(64, 64)`` for ``dim <= 16``, ``(32, 32)`` above, as
+    **Vectors** (``features``): ``layers`` (default 8) steps of flow with :class:`~flowlib.coupling.MLP`
+    conditioners (``hidden`` defaults to ``(64, 64)`` for ``features <= 16``, ``(32, 32)`` above, as
     in :func:`realnvp`). The 1x1 convolution is then a learned :math:`D \times D` mixing of the
     coordinates.
 
@@ -351,7 +351,7 @@ def glow(dim: int | None = None, *, shape: Sequence[int] | None = None, layers: 
     """
     from .invconv import GlowStep
 
-    shp = _image_shape("glow", dim, shape)
+    shp = _image_shape("glow", features, shape)
     pre: list[Bijection] = [LogitPreprocess(logit)] if logit is not None else []
     if shp is not None:
         body = _glow_image(shp, _layer_count("glow", layers, steps, "steps", 4),
@@ -359,21 +359,21 @@ def glow(dim: int | None = None, *, shape: Sequence[int] | None = None, layers: 
                            int(scales), permutation, learned_prior, context, activation,
                            log_scale_bound)
         return Flow(Compose(body, *pre), StandardNormal(shp))
-    dim = int(dim)  # type: ignore[arg-type]
+    features = int(features)  # type: ignore[arg-type]
     if hidden is None:
-        hidden = (64, 64) if dim <= 16 else (32, 32)
+        hidden = (64, 64) if features <= 16 else (32, 32)
     g = torch.Generator().manual_seed(0)
     count = _layer_count("glow", layers, steps, "steps", 8)
-    flow_steps = [GlowStep(dim, hidden, permutation=permutation, context=context,
+    flow_steps = [GlowStep(features, hidden, permutation=permutation, context=context,
                            activation=activation, log_scale_bound=log_scale_bound, generator=g)
                   for _ in range(count)]
-    return Flow(Compose(*reversed(flow_steps), *pre), StandardNormal(dim))
+    return Flow(Compose(*reversed(flow_steps), *pre), StandardNormal(features))
 
 
 # ---------------------------------------------------------------------------- neural spline flows
 
 
-def nsf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), bins: int = 8,
+def nsf(features: int, layers: int = 5, hidden: Sequence[int] = (64, 64), bins: int = 8,
         bound: float = 4.0, *, kind: str = "autoregressive", context: int = 0,
         seed: int = 0) -> Flow:
     r"""Neural spline flow (Durkan et al., 2019): ``layers`` rational-quadratic spline layers
@@ -383,10 +383,10 @@ def nsf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), bins: int =
     ``kind="autoregressive"``: :class:`~flowlib.spline.SplineAutoregressive` layers (MADE with
     ``hidden`` units), their orders alternating ``"natural"`` / ``"reversed"``: the alternation
     does the work of a permutation between layers, without the extra layers. ``log_prob`` costs
-    one MADE pass per layer, ``sample`` ``dim`` passes per layer.
+    one MADE pass per layer, ``sample`` ``features`` passes per layer.
     ``kind="coupling"``: :class:`~flowlib.spline.SplineCoupling` layers (MLP conditioners), the
     partition alternating between :func:`~flowlib.coupling.alternating_mask` and its complement;
-    one pass per layer both ways (``dim >= 2``).
+    one pass per layer both ways (``features >= 2``).
 
     ``context`` > 0 makes a conditional flow. ``seed`` seeds the networks' initial weights
     (the global generator's state is restored afterwards). Every layer starts as the identity.
@@ -400,17 +400,17 @@ def nsf(dim: int, layers: int = 5, hidden: Sequence[int] = (64, 64), bins: int =
         raise ValueError(f"nsf: kind must be 'autoregressive' or 'coupling', got {kind!r}")
     if int(layers) < 1:
         raise ValueError(f"nsf: layers must be positive, got {layers}")
-    dim = int(dim)
+    features = int(features)
     blocks: list[Bijection] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for k in range(int(layers)):
             if kind == "autoregressive":
-                blocks.append(SplineAutoregressive(dim, hidden, bins, bound,
+                blocks.append(SplineAutoregressive(features, hidden, bins, bound,
                                                    order="natural" if k % 2 == 0 else "reversed",
                                                    context=context))
             else:
-                blocks.append(SplineCoupling(alternating_mask(dim, flip=k % 2 == 1), hidden, bins,
+                blocks.append(SplineCoupling(alternating_mask(features, flip=k % 2 == 1), hidden, bins,
                                              bound, context=context))
-    return Flow(Compose(*blocks), StandardNormal(dim))
+    return Flow(Compose(*blocks), StandardNormal(features))
 

@@ -63,6 +63,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from . import activations
 from .bijection import Bijection, Compose, check_input
 from .distributions import Flow, StandardNormal
 
@@ -129,7 +130,9 @@ class SpectralLinear(nn.Module):
                 f"coeff={self.coeff}, sigma={it}")
 
 
-_ACTIVATIONS = {"elu": nn.ELU, "tanh": nn.Tanh}
+# The activations (names of flowlib's one table) that keep Lip(g) <= c: 1-Lipschitz, and smooth
+# enough for the power series and the fixed-point iteration (ReLU's kinks are not).
+LIPSCHITZ_ACTIVATIONS = ("elu", "tanh")
 
 
 def jacobian_of(fn, x: Tensor, create_graph: bool | None = None) -> Tensor:
@@ -188,7 +191,7 @@ class ResidualBlock(Bijection):
     (the formulas, the two log-determinant modes and their tests are in the module docstring).
 
     Args:
-        dim: the number of features :math:`D` (vectors ``[B, D]`` only).
+        features: the number of features :math:`D` (vectors ``[B, D]`` only).
         hidden: widths of :math:`g`'s hidden layers, each a :class:`SpectralLinear`.
         coeff: the bound :math:`c < 1` on every layer's spectral norm, hence on
             :math:`\operatorname{Lip}(g)`: closer to 1 is more expressive, but the fixed-point
@@ -203,21 +206,22 @@ class ResidualBlock(Bijection):
             ``max_iter`` iterations do not reach it.
     """
 
-    def __init__(self, dim: int, hidden: Sequence[int] = (64, 64), coeff: float = 0.9,
+    def __init__(self, features: int, hidden: Sequence[int] = (64, 64), coeff: float = 0.9,
                  activation: str = "elu", logdet: str = "exact", terms: int = 10, probes: int = 1,
                  power_iterations: int | None = None, tol: float | None = None, max_iter: int = 2000):
         super().__init__()
         if logdet not in ("exact", "estimate"):
             raise ValueError(f"ResidualBlock: logdet must be 'exact' or 'estimate', got {logdet!r}")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"ResidualBlock: activation must be one of {sorted(_ACTIVATIONS)}, "
-                             f"got {activation!r}")
-        self.dim, self.logdet, self.terms, self.probes = int(dim), logdet, int(terms), int(probes)
+        if activation not in LIPSCHITZ_ACTIVATIONS:
+            raise ValueError(f"ResidualBlock: activation must be one of {LIPSCHITZ_ACTIVATIONS} "
+                             f"(1-Lipschitz and smooth), got {activation!r}")
+        act = activations.activation(activation, "ResidualBlock")
+        self.features, self.logdet, self.terms, self.probes = int(features), logdet, int(terms), int(probes)
         self.tol, self.max_iter = tol, int(max_iter)
-        sizes = [self.dim, *map(int, hidden), self.dim]
+        sizes = [self.features, *map(int, hidden), self.features]
         layers: list[nn.Module] = []
         for a, b in zip(sizes[:-1], sizes[1:]):
-            layers += [SpectralLinear(a, b, coeff, power_iterations), _ACTIVATIONS[activation]()]
+            layers += [SpectralLinear(a, b, coeff, power_iterations), act()]
         self.g = nn.Sequential(*layers[:-1])          # no activation after the last layer
         self.last_iterations = 0                      # iterations of the last fixed-point solve
 
@@ -233,12 +237,12 @@ class ResidualBlock(Bijection):
         """log det(I + J_g(x)) per sample, by the layer's mode."""
         if self.logdet == "exact":
             J = jacobian_of(self.g, x)
-            eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
+            eye = torch.eye(self.features, dtype=x.dtype, device=x.device)
             return torch.linalg.slogdet(eye + J).logabsdet
         return logdet_series(self.g, x, self.terms, self.probes)
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_input(x, dims=(self.dim,), ndim=(2,), name=type(self).__name__)
+        check_input(x, dims=(self.features,), ndim=(2,), name=type(self).__name__)
         return x + self.g(x), self._logdet(x)
 
     def _solve(self, z: Tensor) -> Tensor:
@@ -257,7 +261,7 @@ class ResidualBlock(Bijection):
                            f"bound {self.lipschitz_bound():.4f}")
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_input(z, dims=(self.dim,), ndim=(2,), name=type(self).__name__)
+        check_input(z, dims=(self.features,), ndim=(2,), name=type(self).__name__)
         x_star = self._solve(z)
         needs_grad = torch.is_grad_enabled() and (z.requires_grad or any(
             p.requires_grad for p in self.parameters()))
@@ -284,16 +288,16 @@ class ResidualBlock(Bijection):
         return x, -self._logdet(x)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, logdet={self.logdet!r}" + (
+        return f"features={self.features}, logdet={self.logdet!r}" + (
             f", terms={self.terms}, probes={self.probes}" if self.logdet == "estimate" else "")
 
 
-def residual_flow(dim: int, blocks: int = 8, hidden: Sequence[int] = (64, 64), coeff: float = 0.9,
+def residual_flow(features: int, blocks: int = 8, hidden: Sequence[int] = (64, 64), coeff: float = 0.9,
                   **kwargs) -> Flow:
     r"""A residual flow: ``blocks`` :class:`ResidualBlock` layers (keyword arguments passed on) on a
     standard normal base. In the normalizing direction the density is
 
     .. math:: \log q(x) = \log \mathcal N(z; 0, I) + \sum_k \log\det(I + J_{g_k}(h_{k})).
     """
-    layers = [ResidualBlock(dim, hidden, coeff, **kwargs) for _ in range(blocks)]
-    return Flow(Compose(*layers), StandardNormal(dim))
+    layers = [ResidualBlock(features, hidden, coeff, **kwargs) for _ in range(blocks)]
+    return Flow(Compose(*layers), StandardNormal(features))

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["device", "budget", "seed", "fit", "History", "init_distributed", "make_optimizer",
-           "optimizer_step", "batches", "progress_enabled"]
+           "optimizer_step", "batches", "progress_enabled", "train_loop"]
 
 T = TypeVar("T")
 
@@ -174,6 +174,53 @@ def _global_mean(v: Tensor, world: int) -> float:
     return v.item()
 
 
+def train_loop(loss_at: Callable[[int], Tensor], params: list[nn.Parameter], steps: int,
+               lr: float, *, who: str, dev: torch.device, schedule: str = "cosine",
+               clip: float | None = 10.0, weight_decay: float = 0.0, quantity: str = "loss",
+               progress: bool | None = None, world: int = 1,
+               after_step: Callable[[int, History], None] | None = None) -> History:
+    r"""The one optimisation loop of :mod:`flowlib` (``fit``, ``distill``, ``fit_flow_matching``):
+    ``steps`` times, :math:`	heta \leftarrow 	ext{Adam}(	heta, 
+abla_	heta L_k)` with
+    :math:`L_k` = ``loss_at(k)``, the gradient norm clipped at ``clip``, the learning rate on
+    ``schedule`` (``"cosine"``: decayed to 0 over ``steps``; ``"constant"``).
+
+    A step whose loss (averaged over the ``world`` processes of a distributed run) is not finite
+    raises ``FloatingPointError`` *before* the update, so the parameters stay those of the last
+    good step. ``after_step(k, history)`` runs after each update (e.g. a validation pass). A
+    progress bar shows ``quantity`` unless ``progress`` (or ``FLOWLIB_PROGRESS=0``) turns it off.
+    Returns the :class:`History` of the per-step losses and the loop's wall time.
+    """
+    from tqdm.auto import tqdm
+
+    opt, sched = make_optimizer(params, lr, steps, schedule, who, weight_decay)
+    hist = History(device=str(dev))
+    bar = tqdm(range(steps), disable=not progress_enabled(progress), file=sys.stderr,
+               desc=f"{who} on {dev.type}", mininterval=0.5, leave=False)
+    start = time.perf_counter()
+    try:
+        for step in bar:
+            loss = loss_at(step)
+            value = _global_mean(loss.detach(), world)
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"{who}: the {quantity} is {value} at step {step} (last finite value "
+                    f"{hist.loss[-1] if hist.loss else 'none'}); parameters kept from step "
+                    f"{step - 1}. Try a lower learning rate or gradient clipping.")
+            optimizer_step(loss, opt, sched, params, clip)
+            hist.loss.append(value)
+            if after_step is not None:
+                after_step(step, hist)
+            if step % 50 == 0:
+                bar.set_postfix({quantity: f"{value:.3f}"})
+    finally:
+        bar.close()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    hist.seconds = time.perf_counter() - start
+    return hist
+
+
 def fit(flow: nn.Module, data: Any, steps: int = 1000, batch_size: int = 256, lr: float = 1e-3,
         *, val_data: Tensor | None = None, eval_every: int | None = None,
         transform: Callable[[Tensor], Tensor] | None = None, weight_decay: float = 0.0,
@@ -204,8 +251,6 @@ def fit(flow: nn.Module, data: Any, steps: int = 1000, batch_size: int = 256, lr
     A step whose loss is not finite raises ``FloatingPointError`` *before* the update, so the flow
     keeps its last good parameters.
     """
-    from tqdm.auto import tqdm
-
     if steps < 1 or batch_size < 1:
         raise ValueError(f"fit: steps and batch_size must be positive, got {steps}, {batch_size}")
     dev = torch.device(dev) if dev is not None else device()
@@ -213,7 +258,6 @@ def fit(flow: nn.Module, data: Any, steps: int = 1000, batch_size: int = 256, lr
     params = [p for p in flow.parameters() if p.requires_grad]
     if not params:
         raise ValueError("fit: the flow has no trainable parameters")
-    opt, sched = make_optimizer(params, lr, steps, schedule, "fit", weight_decay)
     rank, world = _distributed()
     if batch_size % world:
         raise ValueError(f"fit: batch_size {batch_size} must be divisible by the {world} processes")
@@ -227,49 +271,32 @@ def fit(flow: nn.Module, data: Any, steps: int = 1000, batch_size: int = 256, lr
     next_global = batches(data, batch_size, dev, generator)
     local = batch_size // world
 
-    def next_batch() -> Tensor:
-        xb = next_global()
-        return xb[rank * local:(rank + 1) * local] if world > 1 else xb
-
-    if val_data is not None:
-        val_data = val_data.to(dev)
-        eval_every = eval_every or max(steps // 20, 1)
-
-    hist = History(device=str(dev))
-    bar = tqdm(range(steps), disable=rank != 0 or not progress_enabled(progress), file=sys.stderr,
-               desc=f"fit on {dev.type}", mininterval=0.5, leave=False)
-    start = time.perf_counter()
-    flow.train()
-    for step in bar:
-        x = next_batch()
+    def loss_at(step: int) -> Tensor:
+        x = next_global()
+        if world > 1:
+            x = x[rank * local:(rank + 1) * local]
         if transform is not None:
             x = transform(x)
         # Under DDP the module must be *called* (its hooks sync gradients): Flow.forward is log_prob.
-        loss = -(model(x) if world > 1 else flow.log_prob(x)).mean()
-        value = _global_mean(loss.detach(), world)
-        if not math.isfinite(value):
-            bar.close()
-            raise FloatingPointError(
-                f"fit: the loss is {value} at step {step} (last finite loss "
-                f"{hist.loss[-1] if hist.loss else 'none'}); parameters kept from step {step - 1}. "
-                "Try a lower learning rate or gradient clipping.")
-        optimizer_step(loss, opt, sched, params, clip)
-        hist.loss.append(value)
-        if val_data is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            from .metrics import nll
-            hist.val_steps.append(step + 1)
-            hist.val_loss.append(nll(flow, val_data if transform is None else transform(val_data)))
-            flow.train()
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{value:.3f}")
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    hist.seconds = time.perf_counter() - start
-    bar.close()
-    flow.eval()
-    return hist
+        return -(model(x) if world > 1 else flow.log_prob(x)).mean()
 
+    after_step = None
+    if val_data is not None:
+        from .metrics import nll
 
-# Former private names, kept for modules written against them (use the public ones).
-_optimizer, _update, _batches, _progress_enabled = (make_optimizer, optimizer_step, batches,
-                                                    progress_enabled)
+        val = val_data.to(dev)
+        every = eval_every or max(steps // 20, 1)
+
+        def after_step(step: int, hist: History) -> None:
+            if (step + 1) % every == 0 or step + 1 == steps:
+                hist.val_steps.append(step + 1)
+                hist.val_loss.append(nll(flow, val if transform is None else transform(val)))
+                flow.train()
+
+    flow.train()
+    try:
+        return train_loop(loss_at, params, steps, lr, who="fit", dev=dev, schedule=schedule,
+                          clip=clip, weight_decay=weight_decay, world=world, after_step=after_step,
+                          progress=progress if rank == 0 else False)
+    finally:
+        flow.eval()

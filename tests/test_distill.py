@@ -142,7 +142,7 @@ def test_waveforms_density_is_exact():
     assert abs(w.entropy(20_000).value - mvn.entropy().item()) < 0.05
     with pytest.raises(ValueError, match="shape"):
         w.log_prob(torch.zeros(3, 5))
-    assert flowlib.data.waveforms(5, dim=16).shape == (5, 16)
+    assert flowlib.data.waveforms(5, features=16).shape == (5, 16)
 
 
 def test_forward_kl_warmup_fits_teacher_samples_first():

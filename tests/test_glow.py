@@ -98,12 +98,12 @@ def test_glow_step_round_trip_and_init():
         GlowStep(4, permutation="nope")
 
 
-@pytest.mark.parametrize("kw", [dict(dim=6, hidden=(8,), steps=3),
-                                dict(shape=(1, 8, 8), hidden=4, steps=2, logit=0.05)])
+@pytest.mark.parametrize("kw", [dict(features=6, hidden=(8,), layers=3),
+                                dict(shape=(1, 8, 8), hidden=4, layers=2, logit=0.05)])
 def test_glow_model_round_trip_and_temperature(kw):
     flowlib.seed(0)
     flow = glow(**kw).double()
-    shape = (kw["dim"],) if "dim" in kw else kw["shape"]
+    shape = (kw["features"],) if "features" in kw else kw["shape"]
     x = torch.rand(32, *shape, dtype=torch.float64)
     flow.train()
     flow.log_prob(x)  # actnorm init

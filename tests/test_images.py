@@ -30,7 +30,7 @@ def test_digits_without_mnist(monkeypatch):
     monkeypatch.delenv("FLOWLIB_MNIST", raising=False)
     data = image_data("cuda")
     assert data.name.startswith("digits") and data.shape == (1, 8, 8) and data.levels == 17
-    assert data.train.max() <= 16 and data.dim == 64
+    assert data.train.max() <= 16 and data.features == 64
 
 
 def test_mnist_only_when_configured_and_on_a_gpu(tmp_path, monkeypatch):

@@ -102,7 +102,7 @@ def test_realnvp_vector_factory_arguments():
     flow = flowlib.models.realnvp(64, mask=mask)
     first = flow.bijection.layers[-1]  # the first coupling in the normalizing direction
     assert torch.equal(first.mask_tensor, mask)
-    with pytest.raises(ValueError, match="either dim"):
+    with pytest.raises(ValueError, match="either features"):
         flowlib.models.realnvp(2, shape=(1, 2, 2))
     with pytest.raises(ValueError, match="mask"):
         flowlib.models.realnvp(4, mask="diagonal")
