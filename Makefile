@@ -28,7 +28,7 @@ help:
 	@echo "make test   run the whole test suite (what CI runs)"
 	@echo "make grade  instructor: generate exercises, autograde grading/submitted (sandboxed, in parallel), feedback, grades.csv, reports"
 	@echo "make bench-grading  grade a synthetic class of 200 with 1 and N workers (bench/results/grading.json)"
-	@echo "make lab    JupyterLab on the course"
+	@echo "make lab    JupyterLab on the course (http://localhost:8888; PORT=8899 for another port)"
 	@echo "make bench  benchmarks against zuko, nflows and normflows (bench/results/)"
 	@echo "make publish  build the book and push _build/html to the gh-pages branch (GitHub Pages by hand)"
 

@@ -9,6 +9,7 @@
    flowlib's naive D-pass loop (a plot), and the MAF training step at D = 2 and 64.
 4. ``distill``: an IAF student distilled from one MAF teacher per seed, in every library.
 5. ``best``: the course's best 2-D model trained for the fastest peer's wall time of benchmark 1.
+6. ``recipe``: flowlib's distillation recipe built up one part at a time, on benchmark 4's teachers.
 
 Libraries run in alternation (A B C D, then the next round in rotated order), so that a machine
 that slows down for a while does not decide the comparison; we report medians over seeds and the
@@ -34,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import peers  # noqa: E402
+import report  # noqa: E402
 
 import flowlib  # noqa: E402
 
@@ -55,7 +57,9 @@ def machine() -> dict:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
     return {"device": str(dev), "name": name, "threads": torch.get_num_threads(),
             "cores": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(),
+            # other jobs on the machine inflate every millisecond (not the alternated ratios)
+            "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 def train(model: peers.Model, batches, steps: int, lr: float, dev: torch.device,
@@ -393,6 +397,36 @@ def _distill_flowlib(student: peers.Model, teacher: peers.Model, steps: int,
     return [hist.ms_per_step], False
 
 
+def distill_teacher(seed: int, density, args, dev) -> tuple[peers.Model, float]:
+    """Benchmark 4's teacher for ``seed``: a flowlib MAF fitted to ``density`` with the shared
+    loop (benchmark 1's budget), frozen; and its KL(p || t)."""
+    flowlib.seed(seed)
+    teacher = peers.maf("flowlib", 2)
+    g = torch.Generator().manual_seed(1000 + seed)
+    train(teacher, lambda: density.sample(256, generator=g).to(dev), args.steps, 1e-3, dev)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    t_kl = flowlib.metrics.kl_to_truth(teacher, density, n=args.test_samples, seed=seed).value
+    print(f"  distill seed {seed} teacher KL(p||t) {t_kl:.3f}", flush=True)
+    return teacher, t_kl
+
+
+def student_kls(student: peers.Model, teacher: peers.Model, density, seed: int, n: int) -> dict:
+    """KL(s || t) and KL(s || p) on the student's own samples, KL(p || s) on the data's, with
+    Monte Carlo standard errors."""
+    with torch.no_grad():
+        torch.manual_seed(10_000 + seed)
+        x, log_s = student.sample_and_log_prob(n)
+        d_st = (log_s - teacher.log_prob(x)).double()
+        d_sp = (log_s.cpu().double() - density.log_prob(x.cpu().double()))
+    kl_ps = flowlib.metrics.kl_to_truth(student, density, n=n, seed=seed)
+    root = math.sqrt(n)
+    return {"kl_student_teacher": d_st.mean().item(), "kl_st_mc_se": d_st.std().item() / root,
+            "kl_student_data": d_sp.mean().item(), "kl_sp_mc_se": d_sp.std().item() / root,
+            "kl_data_student": kl_ps.value, "kl_ps_mc_se": kl_ps.stderr}
+
+
 def bench_distill(args, dev) -> dict:
     """Benchmark 4: per seed one flowlib MAF teacher fitted to eight Gaussians (benchmark 1's
     budget), then an IAF student in every library trained for the same number of steps to
@@ -401,16 +435,8 @@ def bench_distill(args, dev) -> dict:
     density = flowlib.data.toy("eight_gaussians")
     runs, teachers = [], []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        flowlib.seed(seed)
-        teacher = peers.maf("flowlib", 2)
-        g = torch.Generator().manual_seed(1000 + seed)
-        train(teacher, lambda: density.sample(256, generator=g).to(dev), args.steps, 1e-3, dev)
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        t_kl = flowlib.metrics.kl_to_truth(teacher, density, n=args.test_samples, seed=seed)
-        teachers.append({"seed": seed, "kl_data_to_teacher": t_kl.value})
-        print(f"  distill seed {seed} teacher KL(p||t) {t_kl.value:.3f}", flush=True)
+        teacher, t_kl = distill_teacher(seed, density, args, dev)
+        teachers.append({"seed": seed, "kl_data_to_teacher": t_kl})
 
         def loss_fn(student):
             x, log_s = student.sample_and_log_prob(256)
@@ -427,16 +453,7 @@ def bench_distill(args, dev) -> dict:
             row = {"lib": lib, "seed": seed, "ms_per_step": statistics.median(times),
                    "diverged": diverged}
             if not diverged:
-                with torch.no_grad():
-                    torch.manual_seed(10_000 + seed)
-                    x, log_s = student.sample_and_log_prob(args.test_samples)
-                    d_st = (log_s - teacher.log_prob(x)).double()
-                    d_sp = (log_s.cpu().double() - density.log_prob(x.cpu().double()))
-                kl_ps = flowlib.metrics.kl_to_truth(student, density, n=args.test_samples, seed=seed)
-                n = math.sqrt(args.test_samples)
-                row |= {"kl_student_teacher": d_st.mean().item(), "kl_st_mc_se": d_st.std().item() / n,
-                        "kl_student_data": d_sp.mean().item(), "kl_sp_mc_se": d_sp.std().item() / n,
-                        "kl_data_student": kl_ps.value, "kl_ps_mc_se": kl_ps.stderr}
+                row |= student_kls(student, teacher, density, seed, args.test_samples)
             else:
                 row |= {k: float("nan") for k in ("kl_student_teacher", "kl_student_data",
                                                   "kl_data_student")}
@@ -479,6 +496,58 @@ def merge_distill(new: dict, old: dict) -> dict:
     out["merged_from_earlier_run"] = sorted({r["lib"] for r in kept})
     out["earlier_teachers"] = old.get("teachers", [])
     return out
+
+
+# ---------------------------------------------------------------------------- 6. the recipe, apart
+
+# flowlib's distillation recipe built up one part at a time, every variant through flowlib.distill
+# (so only the recipe differs): the peers' shared loop, then distill's defaults, then the warm-up.
+RECIPE = {
+    "shared loop: Adam 1e-3 constant, no clipping": dict(lr=1e-3, schedule="constant", clip=None),
+    "distill's defaults: Adam 3e-3, cosine decay, clipping at 10": dict(),
+    "defaults + forward-KL warm-up (a fifth of the steps)": dict(warmup=DISTILL_WARMUP),
+}
+
+
+def bench_recipe(args, dev) -> dict:
+    """Benchmark 6: what each part of ``flowlib.distill``'s recipe buys, on benchmark 4's
+    teachers and seeds: the same flowlib IAF student trained with each variant of ``RECIPE``."""
+    density = flowlib.data.toy("eight_gaussians")
+    runs, teachers = [], []
+    names = tuple(RECIPE)
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        teacher, t_kl = distill_teacher(seed, density, args, dev)
+        teachers.append({"seed": seed, "kl_data_to_teacher": t_kl})
+        for name in rotate(names, seed):
+            flowlib.seed(seed)
+            student = peers.iaf("flowlib", 2)
+            try:
+                hist = flowlib.distill.distill(student.module, teacher.module, steps=args.steps,
+                                               batch_size=256, dev=dev, progress=False,
+                                               **RECIPE[name])
+                row = {"variant": name, "seed": seed, "diverged": False,
+                       "ms_per_step": hist.ms_per_step}
+                student.eval()
+                row |= student_kls(student, teacher, density, seed, args.test_samples)
+            except FloatingPointError:
+                row = {"variant": name, "seed": seed, "diverged": True, "ms_per_step": float("nan"),
+                       "kl_student_teacher": float("nan"), "kl_student_data": float("nan"),
+                       "kl_data_student": float("nan")}
+            runs.append(row)
+            print(f"  recipe seed {seed} {name[:40]:40s} KL(s||t) {row['kl_student_teacher']:.3f}  "
+                  f"KL(s||p) {row['kl_student_data']:.3f}", flush=True)
+    summary = {}
+    for name in names:
+        mine = [r for r in runs if r["variant"] == name]
+        summary[name] = {"per_seed": [r["kl_student_teacher"] for r in mine],
+                         "diverged": sum(r["diverged"] for r in mine)}
+        for key in ("kl_student_teacher", "kl_student_data"):
+            summary[name][key], summary[name][f"{key}_se"] = _mean_se([r[key] for r in mine])
+        summary[name]["ms_per_step"] = statistics.median(r["ms_per_step"] for r in mine)
+        summary[name]["kl_data_student_median"] = statistics.median(r["kl_data_student"] for r in mine)
+    return {"setup": {"steps": args.steps, "seeds": args.seeds, "batch": 256,
+                      "test_samples": args.test_samples, "variants": RECIPE},
+            "teachers": teachers, "runs": runs, "summary": summary}
 
 
 # ---------------------------------------------------------------------------- 5. best model
@@ -659,10 +728,23 @@ def table(results: dict) -> str:
             lines.append(f"| {dens} | {desc} | {_fmt(e['kl'], e['kl_se'])} | {e['steps']:.0f} | "
                          f"{e['seconds']:.1f} | {e['budget_seconds']:.1f} ({e['budget_of']}) |")
         lines.append("")
+    if "recipe" in results:
+        r = results["recipe"]
+        s = r["setup"]
+        lines += [f"### 6. The distillation recipe, one part at a time (flowlib IAF students, "
+                  f"benchmark 4's teachers, {s['steps']} steps, batch {s['batch']}, {s['seeds']} seeds)",
+                  "", "| recipe | KL(s‖t) per seed | KL(s‖t), mean | KL(s‖p) | median KL(p‖s) |",
+                  "|---|---|---|---|---|"]
+        for name, e in r["summary"].items():
+            seeds = ", ".join(_fmt(v) for v in e["per_seed"])
+            lines.append(f"| {name} | {seeds} | {_fmt(e['kl_student_teacher'], e['kl_student_teacher_se'])} | "
+                         f"{_fmt(e['kl_student_data'], e['kl_student_data_se'])} | "
+                         f"{e['kl_data_student_median']:.3g} |")
+        lines.append("")
     return "\n".join(lines)
 
 
-BENCHMARKS = ("maf", "realnvp", "sampling", "distill", "best")
+BENCHMARKS = ("maf", "realnvp", "sampling", "distill", "best", "recipe")
 
 
 def main() -> None:
@@ -670,9 +752,9 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(BENCHMARKS),
                     help=f"comma-separated subset of {', '.join(BENCHMARKS)}; the others are read "
                          "back from earlier results for the table")
-    ap.add_argument("--steps", type=int, default=5000, help="benchmarks 1 and 4")
+    ap.add_argument("--steps", type=int, default=5000, help="benchmarks 1, 4 and 6")
     ap.add_argument("--steps2", type=int, default=2000, help="benchmark 2")
-    ap.add_argument("--seeds", type=int, default=3, help="benchmarks 2, 4 and 5")
+    ap.add_argument("--seeds", type=int, default=3, help="benchmarks 2, 4, 5 and 6")
     ap.add_argument("--seeds1", type=int, default=10,
                     help="benchmark 1: its KL varies by about 0.05 nats from seed to seed, so three "
                          "seeds cannot rank libraries that differ by less")
@@ -728,7 +810,7 @@ def main() -> None:
                                           if earlier.exists() else {})
         else:
             fn = {"maf": bench_maf, "realnvp": bench_realnvp, "sampling": bench_sampling,
-                  "distill": bench_distill}[name]
+                  "distill": bench_distill, "recipe": bench_recipe}[name]
             results[name] = fn(args, dev)
         results[name]["seconds"] = time.perf_counter() - t0
         results[name]["machine"] = results["machine"]
@@ -737,6 +819,7 @@ def main() -> None:
         plot_sampling(results["sampling"], out / f"sampling_{tag}.png")
     text = table(results)
     (out / f"table_{tag}.md").write_text(text)
+    (out / f"reading_{tag}.md").write_text(report.reading(results))  # the appendix's prose
     print(text)
 
 

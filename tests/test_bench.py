@@ -85,6 +85,7 @@ def test_every_benchmark_runs_and_the_table_is_written(flowlib_only, tmp_path):
     for dens in maf["summary"].values():
         dens["fake"] = {"ms_per_step": 2.0}
     results["best"] = bench.bench_best(_args(steps=20), dev, maf)
+    results["recipe"] = bench.bench_recipe(_args(), dev)
 
     for dens in ("eight_gaussians", "rings"):
         e = results["maf"]["summary"][dens]["flowlib"]
@@ -104,8 +105,10 @@ def test_every_benchmark_runs_and_the_table_is_written(flowlib_only, tmp_path):
 
     text = bench.table(results)
     for title in ("### 1. MAF", "### 2. Affine coupling", "### 3. Density evaluation",
-                  "### 4. Distillation", "### 5. The course's best model"):
+                  "### 4. Distillation", "### 5. The course's best model", "### 6. The distillation"):
         assert title in text
+    assert len(results["recipe"]["summary"]) == 3
+    assert all(math.isfinite(e["kl_student_teacher"]) for e in results["recipe"]["summary"].values())
     assert "| eight_gaussians | flowlib |" in text and "full-covariance Gaussian" in text
     bench.plot_sampling(results["sampling"], tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 5000
@@ -131,3 +134,46 @@ def test_distill_rerun_of_one_library_keeps_the_others(bench):
                                                              ("zuko", 0), ("zuko", 1)}
     assert merged["summary"]["flowlib"]["kl_student_teacher"] == pytest.approx(0.2)
     assert merged["summary"]["zuko"]["kl_student_teacher"] == pytest.approx(0.4)
+
+
+def _report():
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_reading_is_written_from_the_committed_results():
+    """The appendix's prose is generated: every section appears, its figures are those of the
+    JSON files, and the committed reading_cpu.md is what report.py writes from them now."""
+    report = _report()
+    results = report.load()
+    text = report.reading(results)
+    for head in ("**Speed.**", "**Quality, MAF**", "**Quality, coupling flow", "**Sampling cost.**",
+                 "**Distillation.**", "*What each part of the recipe bought*",
+                 "**The course's best model.**"):
+        assert head in text, head
+    maf = results["maf"]["summary"]["eight_gaussians"]["flowlib"]["kl"]
+    assert f"{maf:.3f}" in text
+    assert (ROOT / "bench" / "results" / "reading_cpu.md").read_text() == text, (
+        "bench/results/reading_cpu.md is stale: run bench/.venv/bin/python bench/report.py")
+
+
+def test_the_reading_words_a_ranking_from_the_numbers():
+    report = _report()
+    summary = {"flowlib": {"kl": 0.30, "kl_se": 0.01}, "zuko": {"kl": 0.20, "kl_se": 0.01},
+               "nflows": {"kl": 0.50, "kl_se": 0.01}}
+    assert report._versus(summary, "kl", "KL").startswith("zuko has the lowest mean KL")
+    assert "combined standard errors" in report._versus(summary, "kl", "KL")
+    summary["flowlib"]["kl"] = 0.205
+    assert "a tie" in report._versus(summary, "kl", "KL")
+
+
+def test_the_appendix_names_the_pinned_peer_versions():
+    pins = dict(line.split("==") for line in
+                (ROOT / "bench" / "requirements.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    page = (ROOT / "book" / "appendix_benchmarks.md").read_text()
+    for lib in ("zuko", "nflows", "normflows"):
+        assert f"{lib} {pins[lib]}" in page, f"the appendix does not name {lib} {pins[lib]}"
+    assert f"torch=={pins['torch']}" in page

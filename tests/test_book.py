@@ -170,3 +170,13 @@ def test_appendix_shows_the_benchmark_results(book: Path) -> None:
     img = re.search(r'<img[^>]+src="([^"]*sampling_cpu\.png)"', page)
     assert img, "the sampling plot is missing"
     assert (book / "book" / img.group(1)).resolve().is_file(), "the plot was not copied"
+
+
+def test_the_schematic_diagrams_reach_their_chapters(book: Path) -> None:
+    """The committed SVG diagrams (coupling layer, multi-scale architecture) are shown, and the
+    files were copied next to the pages."""
+    for page, svg in (("02_nice", "coupling.svg"), ("03_realnvp", "multiscale.svg")):
+        html_text = (book / "book" / f"{page}.html").read_text(encoding="utf8")
+        img = re.search(rf'<img[^>]+src="([^"]*{re.escape(svg)})"', html_text)
+        assert img, f"{svg} is not shown in {page}"
+        assert (book / "book" / img.group(1)).resolve().is_file(), f"{svg} was not copied"
