@@ -157,21 +157,33 @@ def _base() -> Path:
 
 def _clean_stale(base: Path) -> None:
     """Remove the folders of worker processes that are gone (a worker killed by its nanny
-    runs no clean-up): server-PID, zygotes-PID, job-PID-*."""
+    runs no clean-up): server-PID, zygotes-PID, job-PID-*, and stale-PID-* (a clean-up that its
+    own worker did not finish).
+
+    Every worker process of the machine runs this when it starts, so two may find the same
+    stale folder at once: each first claims it by renaming it to stale-<its PID>-<name>, which
+    only one rename can do, and removes only what it claimed. A clean-up never fails a job."""
     from .submissions import remove_tree
 
     for d in base.iterdir():
         kind, _, rest = d.name.partition("-")
         pid = rest.split("-")[0]
-        if kind not in ("server", "zygotes", "job") or not pid.isdigit() \
+        if kind not in ("server", "zygotes", "job", "stale") or not pid.isdigit() \
                 or int(pid) == os.getpid():
             continue
         try:
             os.kill(int(pid), 0)
+            continue                      # its worker is alive: its folder is in use
         except ProcessLookupError:
-            remove_tree(d)
-        except OSError:
             pass
+        except OSError:
+            continue
+        claimed = base / f"stale-{os.getpid()}-{d.name}"
+        try:
+            os.rename(d, claimed)         # atomic: the other cleaners now miss it
+            remove_tree(claimed)
+        except OSError:
+            continue
 
 
 def _fork_server():

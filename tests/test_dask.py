@@ -155,3 +155,36 @@ def test_scheduler_required_and_unreachable(base_course, tmp_path):
                   "tcp://127.0.0.1:9")  # nothing listens on the discard port
     assert p.returncode == 2 and "cannot reach the Dask scheduler" in p.stderr
     assert not (course / "grading" / "ledger.jsonl").exists()
+
+
+def _clean_stale_in(base: str) -> None:
+    from flowgrade.executors import _clean_stale
+
+    for _ in range(5):
+        _clean_stale(Path(base))
+
+
+def test_workers_starting_together_clean_the_same_stale_folders(tmp_path):
+    """Regression: two worker processes starting at once both found a dead worker's folder and
+    removed it together; one failed with FileNotFoundError on a file the other had just removed,
+    and its first job failed. Each now claims a folder by an atomic rename before removing it."""
+    import multiprocessing
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for k in range(40):
+        d = tmp_path / (f"server-{dead.pid}" if k == 0 else f"job-{dead.pid}-{k}")
+        (d / "a" / "b").mkdir(parents=True)
+        for i in range(30):
+            (d / "a" / "b" / f"f{i}.log").write_bytes(b"x" * 100)
+        (d / "forkserver.log").write_bytes(b"log")
+    (tmp_path / f"stale-{dead.pid}-job-{dead.pid}-99").mkdir()   # an unfinished clean-up
+    (tmp_path / f"server-{os.getpid()}").mkdir()                 # a live worker's folder
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_clean_stale_in, args=(str(tmp_path),)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert sorted(x.name for x in tmp_path.iterdir()) == [f"server-{os.getpid()}"]
