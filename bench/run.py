@@ -741,7 +741,20 @@ def table(results: dict) -> str:
                          f"{_fmt(e['kl_student_data'], e['kl_student_data_se'])} | "
                          f"{e['kl_data_student_median']:.3g} |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(_short_headings(lines))
+
+
+def _short_headings(lines: list[str]) -> list[str]:
+    """A heading "### N. Title (setup details)" becomes "### N. Title" followed by the details
+    as an italic paragraph: a reader scans short headings, not a paragraph set in bold."""
+    out: list[str] = []
+    for line in lines:
+        if line.startswith("### ") and line.endswith(")") and " (" in line:
+            title, details = line[:-1].split(" (", 1)
+            out += [title, "", f"*{details}.*"]
+        else:
+            out.append(line)
+    return out
 
 
 BENCHMARKS = ("maf", "realnvp", "sampling", "distill", "best", "recipe")
