@@ -12,11 +12,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from flowgrade_cli import flowgrade
 
 REPO = Path(__file__).resolve().parents[1]
 PS = "ps1_change_of_variables"
@@ -34,15 +34,6 @@ def _bench():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def flowgrade(course: Path, *args: str) -> subprocess.CompletedProcess:
-    t0 = time.perf_counter()
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "flowgrade", "--root", str(course), *args],
-                          capture_output=True, text=True, env=env, timeout=3000)
-    proc.seconds = time.perf_counter() - t0
-    return proc
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,14 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import importlib.util
 
 import nbformat
 import pytest
+from flowgrade_cli import flowgrade
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("grading_cases", REPO / "tests" / "grading"
@@ -35,15 +34,6 @@ CASES = cases()
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
                                 reason="bubblewrap is not installed (apt-get install bubblewrap)")
-
-
-def flowgrade(course: Path, *args: str) -> subprocess.CompletedProcess:
-    t0 = time.perf_counter()
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "flowgrade", "--root", str(course), *args],
-                          capture_output=True, text=True, env=env, timeout=3000)
-    proc.seconds = time.perf_counter() - t0
-    return proc
 
 
 def hidden_lines() -> list[str]:
